@@ -1,0 +1,163 @@
+"""Experiment configuration: one frozen dataclass, validated, loaded from experiment files.
+
+An experiment file (``experiments/<name>.py``) defines ``get_config() -> dict`` with any
+subset of :class:`ExperimentConfig`'s fields (big_vision style).  Unknown keys are an error
+that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Raised for an unknown experiment, an unknown config key or an invalid value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines one training run; a run is reproducible from it.
+
+    Attributes:
+      name: experiment name (used for result paths).
+      source: source domain name (``da list``).
+      target: target domain name.
+      model: backbone name (``da list``).
+      model_kwargs: keyword arguments of the backbone.
+      bottleneck_dim: width of the bottleneck layer, or None for none.
+      method: method spec or preset (``"dann"``, ``"cross_entropy + 0.5*mmd"``).
+      steps: optimisation steps.
+      batch_size: examples per domain per step (source and target each).
+      optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9, nesterov).
+      learning_rate: peak learning rate.
+      lr_schedule: ``"constant"``, ``"cosine"`` or ``"inv"`` (DANN's lr/(1+10p)^0.75).
+      weight_decay: decoupled weight decay (adamw/sgd).
+      grad_clip: global-norm gradient clipping, or None.
+      seed: seed of initialisation, data order and every random op.
+      eval_every: evaluate every this many steps (0: only at the end).
+      eval_batch_size: batch size of evaluation.
+      log_every: fetch metrics from the device every this many steps.
+      num_devices: data-parallel devices (batch sharded over a 1-D mesh); 1 = one device.
+      data_dir: tfds data directory for catalog domains (None: default).
+    """
+
+    name: str = "experiment"
+    source: str = "digits/source"
+    target: str = "digits/rotate"
+    model: str = "lenet"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    bottleneck_dim: int | None = 128
+    method: str = "source_only"
+    steps: int = 1000
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    eval_every: int = 0
+    eval_batch_size: int = 512
+    log_every: int = 50
+    num_devices: int = 1
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": self.steps > 0,
+            "batch_size": self.batch_size > 0,
+            "learning_rate": self.learning_rate > 0,
+            "eval_batch_size": self.eval_batch_size > 0,
+            "log_every": self.log_every > 0,
+            "num_devices": self.num_devices > 0,
+            "eval_every": self.eval_every >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"config key {key!r} has invalid value {getattr(self, key)!r}")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: adam, adamw, sgd")
+        if self.lr_schedule not in ("constant", "cosine", "inv"):
+            raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, inv")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **overrides: Any) -> ExperimentConfig:
+        """Returns a copy with ``overrides`` applied (unknown keys raise ConfigError)."""
+        return from_dict({**self.to_dict(), **overrides})
+
+
+def config_keys() -> list[str]:
+    """The valid config keys."""
+    return [f.name for f in dataclasses.fields(ExperimentConfig)]
+
+
+def from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
+    """Builds a config from a dict, rejecting unknown keys with the list of valid ones."""
+    unknown = sorted(set(values) - set(config_keys()))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(config_keys())}")
+    try:
+        return ExperimentConfig(**values)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parses ``key=value`` (value as a Python/JSON literal, else a string)."""
+    import ast
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must be written key=value")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    if key not in config_keys():
+        raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(config_keys())}")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def experiments_dir() -> Path:
+    """The ``experiments/`` folder: ``$PWD/experiments`` if present, else the repo's."""
+    here = Path.cwd() / "experiments"
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "experiments"
+
+
+def experiment_names() -> list[str]:
+    """Names of the experiment files found in :func:`experiments_dir`."""
+    d = experiments_dir()
+    return sorted(p.stem for p in d.glob("*.py") if not p.name.startswith("_")) if d.is_dir() else []
+
+
+def load_experiment(name_or_path: str) -> ExperimentConfig:
+    """Loads an experiment by name (``experiments/<name>.py``) or by file path.
+
+    Raises:
+      ConfigError: if the file does not exist (the message lists known experiments), has no
+        ``get_config``, or returns unknown keys.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = experiments_dir() / f"{name_or_path}.py"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown experiment {name_or_path!r}; valid experiments: {', '.join(experiment_names()) or 'none found'}"
+            f" (looked in {experiments_dir()})"
+        )
+    spec = importlib.util.spec_from_file_location(f"da_experiment_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"experiment file {path} must define get_config() -> dict")
+    values = dict(module.get_config())
+    values.setdefault("name", path.stem)
+    return from_dict(values)

@@ -1,0 +1,136 @@
+"""The loss registry: how a loss becomes usable by name in configs and on the CLI.
+
+A *loss* is a pure function of arrays (e.g. :func:`da_framework.losses.mmd.mk_mmd`).  A
+*registered loss term* adapts it to the arrays of one training step, bundled in
+:class:`LossInputs`, and returns a scalar.  Registering one is a decorator::
+
+    @register_loss("coral", description="Deep CORAL", reference="Sun & Saenko, ECCV-W 2016")
+    def coral_term(inputs: LossInputs) -> jax.Array:
+        return coral(inputs.source_features, inputs.target_features)
+
+Keyword arguments of the term function (after ``inputs``) are its hyper-parameters; a
+method spec sets them (``"cross_entropy + 0.5*coral"``; see :mod:`da_framework.train.method`).
+
+A term that needs its own trainable network (a domain discriminator) names a Flax module
+factory in ``aux_module``; the trainer creates and optimises its parameters and passes the
+bound ``apply`` function in ``inputs.aux``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+    """The arrays of one training step that a loss term may read.
+
+    Attributes:
+      source_features: (n_s, d) adaptation features of the source batch.
+      target_features: (n_t, d) adaptation features of the target batch.
+      source_logits: (n_s, k) classifier logits of the source batch.
+      target_logits: (n_t, k) classifier logits of the target batch.
+      source_labels: (n_s,) integer labels of the source batch (target labels are never
+        given to the training step).
+      progress: scalar in [0, 1], the fraction of training done (for schedules).
+      key: a PRNG key private to this term and step.
+      aux: this term's auxiliary network applied with its current parameters, or None.
+    """
+
+    source_features: jax.Array
+    target_features: jax.Array
+    source_logits: jax.Array
+    target_logits: jax.Array
+    source_labels: jax.Array
+    progress: jax.Array
+    key: jax.Array
+    aux: Callable[[jax.Array], jax.Array] | None = None
+
+
+LossFn = Callable[..., jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A registered loss term.
+
+    Attributes:
+      name: registry name.
+      fn: ``fn(inputs: LossInputs, **hparams) -> scalar``.
+      description: one line for ``da list``.
+      reference: the paper (authors, venue, year).
+      aux_module: factory of the term's auxiliary Flax module, or None.
+      hparams: default hyper-parameters, read from ``fn``'s keyword defaults.
+    """
+
+    name: str
+    fn: LossFn
+    description: str
+    reference: str
+    aux_module: Callable[[], nn.Module] | None = None
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class LossError(ValueError):
+    """Raised for an unknown loss, a bad hyper-parameter or invalid loss inputs."""
+
+
+_LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(
+    name: str,
+    *,
+    description: str,
+    reference: str,
+    aux_module: Callable[[], nn.Module] | None = None,
+    overwrite: bool = False,
+) -> Callable[[LossFn], LossFn]:
+    """Decorator registering ``fn(inputs: LossInputs, **hparams) -> scalar`` as ``name``.
+
+    Args:
+      name: the name used in method specs (letters, digits and ``_``).
+      description: one line shown by ``da list``.
+      reference: the paper the loss comes from.
+      aux_module: factory of an auxiliary Flax module whose parameters the trainer owns.
+      overwrite: allow replacing an existing registration (e.g. when re-running a notebook).
+
+    Returns:
+      the decorator, which returns ``fn`` unchanged.
+    """
+    if not name.isidentifier():
+        raise LossError(f"loss name {name!r} must be an identifier (letters, digits, '_')")
+
+    def decorator(fn: LossFn) -> LossFn:
+        if name in _LOSSES and not overwrite:
+            raise LossError(f"loss {name!r} is already registered; pass overwrite=True to replace it")
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        hparams = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        _LOSSES[name] = LossSpec(name, fn, description, reference, aux_module, hparams)
+        return fn
+
+    return decorator
+
+
+def get_loss(name: str) -> LossSpec:
+    """Returns the registered loss ``name``; the error lists valid names."""
+    _load_builtin_losses()
+    if name not in _LOSSES:
+        raise LossError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(_LOSSES))}")
+    return _LOSSES[name]
+
+
+def loss_specs() -> list[LossSpec]:
+    """All registered losses, sorted by name."""
+    _load_builtin_losses()
+    return [_LOSSES[n] for n in sorted(_LOSSES)]
+
+
+def _load_builtin_losses() -> None:
+    from da_framework.losses import adversarial, classification, mmd  # noqa: F401

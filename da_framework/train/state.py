@@ -1,0 +1,75 @@
+"""The train state: a plain pytree of arrays, so a step is a pure function of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from da_framework.losses.registry import LossInputs
+from da_framework.models.classifier import Classifier
+from da_framework.train.method import Method
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes.
+
+    Attributes:
+      step: number of steps taken (int32 scalar).
+      params: ``{"model": classifier params, "aux": {term: aux-network params}}``.
+      model_state: the model's non-trainable collections (e.g. ``{"batch_stats": ...}``).
+      opt_state: the optax optimiser state over ``params``.
+    """
+
+    step: jax.Array
+    params: dict[str, Any]
+    model_state: dict[str, Any]
+    opt_state: optax.OptState
+
+
+def init_train_state(
+    key: jax.Array,
+    model: Classifier,
+    method: Method,
+    tx: optax.GradientTransformation,
+    source_inputs: jax.Array,
+    target_inputs: jax.Array,
+    source_labels: jax.Array,
+) -> TrainState:
+    """Initialises model, auxiliary networks and optimiser from example batches.
+
+    Args:
+      key: PRNG key of the initialisation.
+      model: the classifier.
+      method: the method (its auxiliary networks are initialised here).
+      tx: the optimiser.
+      source_inputs, target_inputs: example batches (shapes as in training).
+      source_labels: example source labels.
+    """
+    k_model, k_aux, k_loss = jax.random.split(key, 3)
+    joint = jnp.concatenate([source_inputs, target_inputs])
+    variables = model.init(k_model, joint, train=False)
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    logits, feats = model.apply(variables, joint, train=False)
+    n_s = source_inputs.shape[0]
+    inputs = LossInputs(
+        source_features=feats[:n_s],
+        target_features=feats[n_s:],
+        source_logits=logits[:n_s],
+        target_logits=logits[n_s:],
+        source_labels=source_labels,
+        progress=jnp.zeros((), jnp.float32),
+        key=k_loss,
+    )
+    all_params = {"model": params, "aux": method.init_aux(k_aux, inputs)}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=all_params,
+        model_state=model_state,
+        opt_state=tx.init(all_params),
+    )

@@ -1,0 +1,94 @@
+"""The training step: ``(state, source_batch, target_batch, key) -> (state, metrics)``.
+
+:func:`make_train_step` closes over the static parts (model, method, optimiser, number of
+steps) and returns a pure function of arrays, to be compiled once with ``jax.jit``.  Source
+and target batches go through the model in one concatenated forward pass, so
+normalisation statistics see both domains (as in DANN and Transfer-Learning-Library).
+Target labels are never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from da_framework.losses.registry import LossInputs
+from da_framework.models.classifier import Classifier
+from da_framework.train.method import Method
+from da_framework.train.state import TrainState
+
+Metrics = dict[str, jax.Array]
+TrainStep = Callable[[TrainState, Mapping[str, jax.Array], Mapping[str, jax.Array], jax.Array], tuple[TrainState, Metrics]]
+
+
+def make_train_step(
+    model: Classifier,
+    method: Method,
+    tx: optax.GradientTransformation,
+    total_steps: int,
+    input_key: str = "image",
+) -> TrainStep:
+    """Builds the pure train step of ``method`` for ``model`` optimised by ``tx``.
+
+    Args:
+      model: the classifier returning ``(logits, features)``.
+      method: the weighted loss terms.
+      tx: the optimiser over ``{"model": ..., "aux": ...}`` parameters.
+      total_steps: steps of the whole run (progress p = step / total_steps).
+      input_key: the batch field holding model inputs (``"image"`` or ``"text"``).
+
+    Returns:
+      ``step(state, source_batch, target_batch, key) -> (state, metrics)``; the source
+      batch needs ``input_key`` and ``"label"``, the target batch only ``input_key``.
+    """
+
+    def loss_fn(params, state, source_batch, target_batch, key):
+        k_model, k_loss = jax.random.split(key)
+        xs, xt = source_batch[input_key], target_batch[input_key]
+        n_s = xs.shape[0]
+        variables = {"params": params["model"], **state.model_state}
+        mutable = list(state.model_state)
+        out = model.apply(
+            variables,
+            jnp.concatenate([xs, xt]),
+            train=True,
+            rngs={"dropout": k_model},
+            mutable=mutable if mutable else False,
+        )
+        (logits, feats), new_model_state = out if mutable else (out, {})
+        inputs = LossInputs(
+            source_features=feats[:n_s],
+            target_features=feats[n_s:],
+            source_logits=logits[:n_s],
+            target_logits=logits[n_s:],
+            source_labels=source_batch["label"],
+            progress=jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0),
+            key=k_loss,
+        )
+        total, parts = method.loss(params["aux"], inputs)
+        accuracy = jnp.mean(jnp.argmax(logits[:n_s], -1) == source_batch["label"])
+        return total, (parts, dict(new_model_state), accuracy)
+
+    def step(
+        state: TrainState,
+        source_batch: Mapping[str, jax.Array],
+        target_batch: Mapping[str, jax.Array],
+        key: jax.Array,
+    ) -> tuple[TrainState, Metrics]:
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (total, (parts, model_state, accuracy)), grads = grad_fn(
+            state.params, state, source_batch, target_batch, key
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+        )
+        metrics = {"loss": total, "source_train_accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+        metrics.update({f"loss/{k}": v for k, v in parts.items()})
+        return new_state, metrics
+
+    return step

@@ -1,0 +1,81 @@
+"""Method specs, presets and the weighted sum of terms."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from da_framework.losses import LossError, LossInputs, cross_entropy, mk_mmd, register_loss
+from da_framework.train.method import PRESETS, parse_method
+
+
+def _inputs(progress=0.5):
+    rng = np.random.default_rng(0)
+    return LossInputs(
+        source_features=jnp.asarray(rng.normal(size=(8, 4)), jnp.float32),
+        target_features=jnp.asarray(rng.normal(size=(8, 4)) + 1, jnp.float32),
+        source_logits=jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+        target_logits=jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+        source_labels=jnp.asarray(rng.integers(0, 3, 8), jnp.int32),
+        progress=jnp.asarray(progress, jnp.float32),
+        key=jax.random.key(0),
+    )
+
+
+def test_presets_parse():
+    for name in PRESETS:
+        assert parse_method(name).terms[0].loss == "cross_entropy"
+
+
+def test_spec_round_trip():
+    m = parse_method("cross_entropy + 0.5*mmd(estimator=unbiased)@linear")
+    assert [(t.loss, t.weight, t.schedule) for t in m.terms] == [("cross_entropy", 1.0, "constant"), ("mmd", 0.5, "linear")]
+    assert dict(m.terms[1].hparams) == {"estimator": "unbiased"}
+    assert parse_method(m.spec()).terms == m.terms
+    assert parse_method("cross_entropy + 1e-1*mmd").terms[1].weight == pytest.approx(0.1)
+
+
+def test_weighted_sum_matches_hand_computation():
+    inputs = _inputs(progress=0.5)
+    total, parts = parse_method("cross_entropy + 0.5*mmd@linear").loss({}, inputs)
+    ce = cross_entropy(inputs.source_logits, inputs.source_labels)
+    mmd = mk_mmd(inputs.source_features, inputs.target_features)
+    np.testing.assert_allclose(total, ce + 0.5 * 0.5 * mmd, rtol=1e-6)
+    np.testing.assert_allclose(parts["mmd"], mmd, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("cross_entropy + nonsense", "unknown loss 'nonsense'; valid losses:"),
+        ("cross_entropy + 2*", "cannot parse method term"),
+        ("cross_entropy + mmd@sometimes", "unknown schedule"),
+        ("cross_entropy + mmd(bandwidth=3)", "has no hyper-parameter 'bandwidth'"),
+        ("mmd + mmd", "uses a loss twice"),
+    ],
+)
+def test_bad_specs_give_clear_errors(spec, match):
+    with pytest.raises((LossError, ValueError), match=match):
+        parse_method(spec)
+
+
+def test_registered_loss_is_usable_by_name():
+    @register_loss("test_mean_gap", description="gap of feature means", reference="(test)", overwrite=True)
+    def mean_gap(inputs: LossInputs, power: float = 2.0) -> jax.Array:
+        return jnp.sum(jnp.abs(inputs.source_features.mean(0) - inputs.target_features.mean(0)) ** power)
+
+    inputs = _inputs()
+    _, parts = parse_method("cross_entropy + test_mean_gap(power=1.0)").loss({}, inputs)
+    ref = np.abs(np.mean(inputs.source_features, 0) - np.mean(inputs.target_features, 0)).sum()
+    np.testing.assert_allclose(parts["test_mean_gap"], ref, rtol=1e-6)
+
+
+def test_dann_aux_parameters_are_created_and_used():
+    method = parse_method("dann")
+    inputs = _inputs()
+    aux = method.init_aux(jax.random.key(1), inputs)
+    assert set(aux) == {"dann"}
+    total, parts = method.loss(aux, dataclasses.replace(inputs, progress=jnp.asarray(1.0)))
+    assert np.isfinite(float(total)) and float(parts["dann"]) > 0
