@@ -47,7 +47,7 @@ def run(
     force: Annotated[bool, typer.Option(help="rerun runs whose result file already exists")] = False,
 ) -> None:
     """Train and evaluate every (experiment, method, seed) combination; one result file per run."""
-    from da_framework.config import ConfigError, load_experiment, parse_override
+    from da_framework.config import ConfigError, load_experiment, load_experiment_module, parse_override
     from da_framework.data.domain import DomainError
     from da_framework.losses.registry import LossError
     from da_framework.models.registry import ModelError
@@ -63,6 +63,14 @@ def run(
             overrides["steps"] = steps
         configs = []
         seed_list = list(range(seeds)) if seeds else (seed or [None])
+        custom = [e for e in experiments if hasattr(load_experiment_module(e), "run")]
+        if custom:
+            if len(experiments) > 1:
+                raise ConfigError(f"experiment(s) {', '.join(custom)} define their own run(); run them one at a time")
+            module = load_experiment_module(custom[0])
+            table_rows = module.run(results_dir=results_dir, seeds=list(range(seeds)) if seeds else (seed or [0]), steps=steps)
+            console.print(dict_table(custom[0], table_rows))
+            return
         for exp in experiments:
             base = load_experiment(exp).replace(**overrides)
             for m in _split_list(method) or [base.method]:
@@ -127,6 +135,19 @@ def results_table(records: list[dict]) -> Table:
             fmt([r["metrics"]["target_test_accuracy"] for r in rs]),
             fmt([r["metrics"]["source_val_accuracy"] for r in rs]),
         )
+    return table
+
+
+def dict_table(title: str, rows: list[dict]) -> Table:
+    """A rich table of flat dicts (columns: union of keys, in first-seen order)."""
+    table = Table(title=title)
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns))
     return table
 
 

@@ -3,6 +3,13 @@
 An experiment file (``experiments/<name>.py``) defines ``get_config() -> dict`` with any
 subset of :class:`ExperimentConfig`'s fields (big_vision style).  Unknown keys are an error
 that lists the valid keys.
+
+An experiment whose procedure is not "train one method on one domain pair" (weight
+transfer, detection, federated) instead defines::
+
+    def run(results_dir: pathlib.Path, seeds: list[int], steps: int | None) -> list[dict]
+
+returning one flat dict of printable values per table row; ``da run <name>`` calls it.
 """
 
 from __future__ import annotations
@@ -137,12 +144,11 @@ def experiment_names() -> list[str]:
     return sorted(p.stem for p in d.glob("*.py") if not p.name.startswith("_")) if d.is_dir() else []
 
 
-def load_experiment(name_or_path: str) -> ExperimentConfig:
-    """Loads an experiment by name (``experiments/<name>.py``) or by file path.
+def experiment_path(name_or_path: str) -> Path:
+    """Resolves an experiment name (``experiments/<name>.py``) or path to an existing file.
 
     Raises:
-      ConfigError: if the file does not exist (the message lists known experiments), has no
-        ``get_config``, or returns unknown keys.
+      ConfigError: if there is no such file (the message lists known experiments).
     """
     path = Path(name_or_path)
     if not path.suffix:
@@ -152,10 +158,28 @@ def load_experiment(name_or_path: str) -> ExperimentConfig:
             f"unknown experiment {name_or_path!r}; valid experiments: {', '.join(experiment_names()) or 'none found'}"
             f" (looked in {experiments_dir()})"
         )
+    return path
+
+
+def load_experiment_module(name_or_path: str) -> Any:
+    """Imports an experiment file as a module (it defines ``get_config`` and maybe ``run``)."""
+    path = experiment_path(name_or_path)
     spec = importlib.util.spec_from_file_location(f"da_experiment_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_experiment(name_or_path: str) -> ExperimentConfig:
+    """Loads an experiment by name (``experiments/<name>.py``) or by file path.
+
+    Raises:
+      ConfigError: if the file does not exist (the message lists known experiments), has no
+        ``get_config``, or returns unknown keys.
+    """
+    path = experiment_path(name_or_path)
+    module = load_experiment_module(name_or_path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"experiment file {path} must define get_config() -> dict")
     values = dict(module.get_config())

@@ -133,4 +133,12 @@ def loss_specs() -> list[LossSpec]:
 
 
 def _load_builtin_losses() -> None:
-    from da_framework.losses import adversarial, classification, mmd  # noqa: F401
+    """Imports every module of ``da_framework.losses`` once, running its registrations."""
+    import importlib
+    import pkgutil
+
+    import da_framework.losses as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"da_framework.losses.{info.name}")
