@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -41,6 +41,14 @@ class LossInputs:
       progress: scalar in [0, 1], the fraction of training done (for schedules).
       key: a PRNG key private to this term and step.
       aux: this term's auxiliary network applied with its current parameters, or None.
+      source_inputs, target_inputs: the raw model inputs of the batch (for terms that
+        re-run the model, e.g. on augmented views).
+      params: the classifier's current parameters.
+      extras: the train state's extra pytrees (``"anchor_params"``: the parameters at the
+        start of training; ``"teacher_params"``: an EMA teacher; ...), created by the
+        terms' ``init_extras`` hooks.
+      apply_model: ``apply_model(params, x, train=True) -> (logits, features)`` with the
+        current normalisation state; state updates are discarded.
     """
 
     source_features: jax.Array
@@ -51,6 +59,11 @@ class LossInputs:
     progress: jax.Array
     key: jax.Array
     aux: Callable[[jax.Array], jax.Array] | None = None
+    source_inputs: jax.Array | None = None
+    target_inputs: jax.Array | None = None
+    params: Any = None
+    extras: Mapping[str, Any] | None = None
+    apply_model: Callable[..., tuple[jax.Array, jax.Array]] | None = None
 
 
 LossFn = Callable[..., jax.Array]
@@ -67,6 +80,10 @@ class LossSpec:
       reference: the paper (authors, venue, year).
       aux_module: factory of the term's auxiliary Flax module, or None.
       hparams: default hyper-parameters, read from ``fn``'s keyword defaults.
+      init_extras: ``init_extras(model_params) -> dict`` of pytrees to keep in the train
+        state (e.g. ``{"anchor_params": model_params}``), or None.
+      update_extras: ``update_extras(extras, new_model_params, progress) -> dict`` run
+        after every optimiser update (e.g. an EMA teacher), or None.
     """
 
     name: str
@@ -75,6 +92,8 @@ class LossSpec:
     reference: str
     aux_module: Callable[[], nn.Module] | None = None
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    init_extras: Callable[[Any], dict[str, Any]] | None = None
+    update_extras: Callable[[dict[str, Any], Any, jax.Array], dict[str, Any]] | None = None
 
 
 class LossError(ValueError):
@@ -90,6 +109,8 @@ def register_loss(
     description: str,
     reference: str,
     aux_module: Callable[[], nn.Module] | None = None,
+    init_extras: Callable[[Any], dict[str, Any]] | None = None,
+    update_extras: Callable[[dict[str, Any], Any, jax.Array], dict[str, Any]] | None = None,
     overwrite: bool = False,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator registering ``fn(inputs: LossInputs, **hparams) -> scalar`` as ``name``.
@@ -99,6 +120,8 @@ def register_loss(
       description: one line shown by ``da list``.
       reference: the paper the loss comes from.
       aux_module: factory of an auxiliary Flax module whose parameters the trainer owns.
+      init_extras: creates extra train-state pytrees from the initial model parameters.
+      update_extras: updates them after each optimiser step.
       overwrite: allow replacing an existing registration (e.g. when re-running a notebook).
 
     Returns:
@@ -112,7 +135,7 @@ def register_loss(
             raise LossError(f"loss {name!r} is already registered; pass overwrite=True to replace it")
         params = list(inspect.signature(fn).parameters.values())[1:]
         hparams = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-        _LOSSES[name] = LossSpec(name, fn, description, reference, aux_module, hparams)
+        _LOSSES[name] = LossSpec(name, fn, description, reference, aux_module, hparams, init_extras, update_extras)
         return fn
 
     return decorator

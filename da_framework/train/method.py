@@ -107,6 +107,23 @@ class Method:
             params[name] = captured["params"]
         return params
 
+    def init_extras(self, model_params: Any) -> dict[str, Any]:
+        """The extra train-state pytrees the terms ask for (merged; keys must not clash)."""
+        extras: dict[str, Any] = {}
+        for term in self.terms:
+            hook = get_loss(term.loss).init_extras
+            if hook is not None:
+                extras.update(hook(model_params))
+        return extras
+
+    def update_extras(self, extras: dict[str, Any], model_params: Any, progress: jax.Array) -> dict[str, Any]:
+        """Runs the terms' ``update_extras`` hooks after an optimiser step."""
+        for term in self.terms:
+            hook = get_loss(term.loss).update_extras
+            if hook is not None:
+                extras = {**extras, **hook(extras, model_params, progress)}
+        return extras
+
     def loss(
         self, aux_params: Mapping[str, Any], inputs: LossInputs
     ) -> tuple[jax.Array, dict[str, jax.Array]]:

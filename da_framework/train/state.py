@@ -23,12 +23,15 @@ class TrainState:
       params: ``{"model": classifier params, "aux": {term: aux-network params}}``.
       model_state: the model's non-trainable collections (e.g. ``{"batch_stats": ...}``).
       opt_state: the optax optimiser state over ``params``.
+      extras: pytrees that loss terms keep across steps (not optimised), e.g.
+        ``"anchor_params"`` (L2-SP) or ``"teacher_params"`` (mean teacher).
     """
 
     step: jax.Array
     params: dict[str, Any]
     model_state: dict[str, Any]
     opt_state: optax.OptState
+    extras: dict[str, Any]
 
 
 def init_train_state(
@@ -57,6 +60,11 @@ def init_train_state(
     model_state = {k: v for k, v in variables.items() if k != "params"}
     logits, feats = model.apply(variables, joint, train=False)
     n_s = source_inputs.shape[0]
+
+    def apply_model(p: Any, x: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
+        del train
+        return model.apply({"params": p, **model_state}, x, train=False)
+
     inputs = LossInputs(
         source_features=feats[:n_s],
         target_features=feats[n_s:],
@@ -65,6 +73,11 @@ def init_train_state(
         source_labels=source_labels,
         progress=jnp.zeros((), jnp.float32),
         key=k_loss,
+        source_inputs=source_inputs,
+        target_inputs=target_inputs,
+        params=params,
+        extras=method.init_extras(params),
+        apply_model=apply_model,
     )
     all_params = {"model": params, "aux": method.init_aux(k_aux, inputs)}
     return TrainState(
@@ -72,4 +85,5 @@ def init_train_state(
         params=all_params,
         model_state=model_state,
         opt_state=tx.init(all_params),
+        extras=method.init_extras(params),
     )

@@ -59,6 +59,13 @@ def make_train_step(
             mutable=mutable if mutable else False,
         )
         (logits, feats), new_model_state = out if mutable else (out, {})
+
+        def apply_model(p, x, train=True):
+            v = {"params": p, **state.model_state}
+            if train and mutable:
+                return model.apply(v, x, train=True, rngs={"dropout": k_model}, mutable=mutable)[0]
+            return model.apply(v, x, train=train, rngs={"dropout": k_model})
+
         inputs = LossInputs(
             source_features=feats[:n_s],
             target_features=feats[n_s:],
@@ -67,6 +74,11 @@ def make_train_step(
             source_labels=source_batch["label"],
             progress=jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0),
             key=k_loss,
+            source_inputs=xs,
+            target_inputs=xt,
+            params=params["model"],
+            extras=state.extras,
+            apply_model=apply_model,
         )
         total, parts = method.loss(params["aux"], inputs)
         accuracy = jnp.mean(jnp.argmax(logits[:n_s], -1) == source_batch["label"])
@@ -84,8 +96,13 @@ def make_train_step(
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        progress = jnp.minimum((state.step + 1).astype(jnp.float32) / total_steps, 1.0)
         new_state = state.replace(
-            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+            step=state.step + 1,
+            params=params,
+            model_state=model_state,
+            opt_state=opt_state,
+            extras=method.update_extras(state.extras, params["model"], progress),
         )
         metrics = {"loss": total, "source_train_accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
         metrics.update({f"loss/{k}": v for k, v in parts.items()})
