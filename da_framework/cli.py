@@ -45,8 +45,10 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any config key: key=value")] = None,
     results_dir: Annotated[Path, typer.Option(help="where result JSON files go")] = Path("results"),
     force: Annotated[bool, typer.Option(help="rerun runs whose result file already exists")] = False,
+    plugin: Annotated[list[Path] | None, typer.Option(help="Python file(s) to import first, e.g. ones registering losses")] = None,
 ) -> None:
     """Train and evaluate every (experiment, method, seed) combination; one result file per run."""
+    load_plugins(plugin or [])
     from da_framework.config import ConfigError, load_experiment, load_experiment_module, parse_override
     from da_framework.data.domain import DomainError
     from da_framework.losses.registry import LossError
@@ -113,6 +115,18 @@ def run(
             )
             progress.advance(runs)
     console.print(results_table(rows))
+
+
+def load_plugins(paths: list[Path]) -> None:
+    """Imports user files (e.g. ones that ``@register_loss`` new losses) before a run."""
+    import importlib.util
+
+    for path in paths:
+        if not path.is_file():
+            _fail(f"plugin file {path} does not exist")
+        spec = importlib.util.spec_from_file_location(f"da_plugin_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
 def results_table(records: list[dict]) -> Table:
