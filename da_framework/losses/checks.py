@@ -49,3 +49,13 @@ def check_min_batch(x: jax.Array, minimum: int, loss: str) -> None:
     """Checks that a batch has at least ``minimum`` examples (e.g. 2 for a covariance)."""
     if x.shape[0] < minimum:
         raise LossError(f"{loss}: needs at least {minimum} examples per batch, got {x.shape[0]} (shape {x.shape})")
+
+
+def check_positive(value: float | jax.Array, name: str, loss: str) -> None:
+    """Checks that a scalar hyper-parameter is > 0 when it is concrete (traced values pass through)."""
+    try:
+        concrete = float(value)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
+        return
+    if not concrete > 0:
+        raise LossError(f"{loss}: {name} must be > 0, got {value!r}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from da_framework.losses.checks import check_batch, compute_dtype
+from da_framework.losses.checks import check_batch, check_positive, compute_dtype
 from da_framework.losses.entropy import prediction_entropy
 from da_framework.losses.registry import LossError, LossInputs, register_loss
 
@@ -36,8 +36,7 @@ def minimum_class_confusion(logits: jax.Array, temperature: float = 2.5) -> jax.
       LossError: for non-2-D or empty logits, or temperature <= 0.
     """
     check_batch(logits, "minimum_class_confusion", "classes")
-    if not temperature > 0:
-        raise LossError(f"minimum_class_confusion: temperature must be > 0, got {temperature!r}")
+    check_positive(temperature, "temperature", "minimum_class_confusion")
     logits = logits.astype(compute_dtype(logits))
     n, k = logits.shape
     scaled = logits / temperature

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from da_framework.losses.checks import check_batch, compute_dtype
+from da_framework.losses.checks import check_batch, check_positive, compute_dtype
 from da_framework.losses.registry import LossError, LossInputs, register_loss
 
 
@@ -92,8 +92,7 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, temp
             f"distillation_loss: teacher logits {teacher_logits.shape} and student logits "
             f"{student_logits.shape} must have the same shape (same examples, same classes)"
         )
-    if not temperature > 0:
-        raise LossError(f"distillation_loss: temperature must be > 0, got {temperature!r}")
+    check_positive(temperature, "temperature", "distillation_loss")
     dtype = compute_dtype(student_logits)
     log_q_s = jax.nn.log_softmax(student_logits.astype(dtype) / temperature, axis=-1)
     log_q_t = jax.nn.log_softmax(teacher_logits.astype(dtype) / temperature, axis=-1)
