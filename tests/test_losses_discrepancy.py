@@ -18,7 +18,13 @@ from da_framework.losses.registry import LossError
 from da_framework.losses.wasserstein import sliced_wasserstein, wasserstein_1d
 from da_framework.train import parse_method, train
 
-TINY = dict(model="lenet", model_kwargs={"channels": (4, 8), "dense": 32}, bottleneck_dim=16, batch_size=16, log_every=5)
+TINY = {
+    "model": "lenet",
+    "model_kwargs": {"channels": (4, 8), "dense": 32},
+    "bottleneck_dim": 16,
+    "batch_size": 16,
+    "log_every": 5,
+}
 
 
 @pytest.fixture
@@ -39,11 +45,17 @@ def np_linear_mmd(x, y, alphas=DEFAULT_ALPHAS, sq_scale=None):
     m = min(len(x), len(y)) // 2
     quads = [(x[2 * i], x[2 * i + 1], y[2 * i], y[2 * i + 1]) for i in range(m)]
     if sq_scale is None:
-        d = [((p - q).astype(np.float64) ** 2).sum() for s1, s2, t1, t2 in quads for p, q in ((s1, s2), (t1, t2), (s1, t2), (s2, t1))]
+        d = [
+            ((p - q).astype(np.float64) ** 2).sum()
+            for s1, s2, t1, t2 in quads
+            for p, q in ((s1, s2), (t1, t2), (s1, t2), (s2, t1))
+        ]
         sq_scale = np.mean(d)
     h = [
-        np_gauss(s1, s2, sq_scale, alphas) + np_gauss(t1, t2, sq_scale, alphas)
-        - np_gauss(s1, t2, sq_scale, alphas) - np_gauss(s2, t1, sq_scale, alphas)
+        np_gauss(s1, s2, sq_scale, alphas)
+        + np_gauss(t1, t2, sq_scale, alphas)
+        - np_gauss(s1, t2, sq_scale, alphas)
+        - np_gauss(s2, t1, sq_scale, alphas)
         for s1, s2, t1, t2 in quads
     ]
     return np.mean(h)
@@ -66,7 +78,9 @@ def np_joint_mmd(src_layers, tgt_layers, alphas, sq_scales, unbiased=False):
                 k[i, j] *= np_gauss(z[i], z[j], sc, al)
     kss, ktt, kst = k[:n, :n], k[n:, n:], k[:n, n:]
     if unbiased:
-        return (kss.sum() - np.trace(kss)) / (n * (n - 1)) + (ktt.sum() - np.trace(ktt)) / (m * (m - 1)) - 2 * kst.mean()
+        return (
+            (kss.sum() - np.trace(kss)) / (n * (n - 1)) + (ktt.sum() - np.trace(ktt)) / (m * (m - 1)) - 2 * kst.mean()
+        )
     return kss.mean() + ktt.mean() - 2 * kst.mean()
 
 
@@ -88,7 +102,10 @@ def np_w_pp_1d(a, b, p=2.0):
     """Exact 1-D W_p^p by replicating both samples to a common size lcm(n, m) and sorting."""
     n, m = len(a), len(b)
     l = n * m // math.gcd(n, m)
-    aa, bb = np.sort(np.repeat(np.asarray(a, np.float64), l // n)), np.sort(np.repeat(np.asarray(b, np.float64), l // m))
+    aa, bb = (
+        np.sort(np.repeat(np.asarray(a, np.float64), l // n)),
+        np.sort(np.repeat(np.asarray(b, np.float64), l // m)),
+    )
     return np.mean(np.abs(aa - bb) ** p)
 
 
@@ -100,7 +117,9 @@ def test_linear_mmd_matches_reference(xy):
     np.testing.assert_allclose(mk_mmd(x, y, estimator="linear"), np_linear_mmd(x, y), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
         jax.jit(lambda a, b: mk_mmd(a, b, estimator="linear", sq_scale=2.0))(x, y),
-        np_linear_mmd(x, y, sq_scale=2.0), rtol=1e-4, atol=1e-6,
+        np_linear_mmd(x, y, sq_scale=2.0),
+        rtol=1e-4,
+        atol=1e-6,
     )
 
 
@@ -111,7 +130,9 @@ def test_linear_mmd_averaged_over_pairings_is_the_unbiased_estimate():
     perms = np.stack([rng.permutation(6) for _ in range(4000)])
     perms_t = np.stack([rng.permutation(6) for _ in range(4000)])
     with jax.enable_x64(True):
-        lin = np.asarray(jax.jit(jax.vmap(lambda a, b: mk_mmd(a, b, estimator="linear", sq_scale=2.0)))(x[perms], y[perms_t]))
+        lin = np.asarray(
+            jax.jit(jax.vmap(lambda a, b: mk_mmd(a, b, estimator="linear", sq_scale=2.0)))(x[perms], y[perms_t])
+        )
         unbiased = float(mk_mmd(x, y, estimator="unbiased", sq_scale=2.0))
     assert lin.dtype == np.float64
     assert abs(lin.mean() - unbiased) < 4 * lin.std() / np.sqrt(len(lin))  # within 4 standard errors
@@ -122,7 +143,11 @@ def test_linear_mmd_zero_on_identical_batches_and_gradients(xy):
     x, y = xy
     np.testing.assert_allclose(mk_mmd(x, x, estimator="linear"), 0.0, atol=1e-6)
     with jax.enable_x64(True):
-        check_grads(jax.jit(lambda a, b: mk_mmd(a, b, estimator="linear", sq_scale=3.0)), (np.float64(x), np.float64(y)), order=2)
+        check_grads(
+            jax.jit(lambda a, b: mk_mmd(a, b, estimator="linear", sq_scale=3.0)),
+            (np.float64(x), np.float64(y)),
+            order=2,
+        )
     with pytest.raises(LossError, match="linear estimator needs >= 2"):
         mk_mmd(jnp.zeros((1, 3)), jnp.zeros((4, 3)), estimator="linear")
 
@@ -153,7 +178,8 @@ def test_joint_mmd_one_layer_is_mk_mmd_and_properties(xy):
     with jax.enable_x64(True):
         check_grads(
             jax.jit(lambda a, b: joint_mmd((a, a[:, :2]), (b, b[:, :2]), sq_scales=(3.0, 1.0))),
-            (np.float64(x), np.float64(y)), order=1,
+            (np.float64(x), np.float64(y)),
+            order=1,
         )
 
 

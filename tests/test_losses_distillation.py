@@ -12,7 +12,13 @@ from da_framework.losses.distillation import distillation_loss, smooth_one_hot, 
 from da_framework.losses.registry import LossError, LossInputs, get_loss
 from da_framework.train import train
 
-TINY = dict(model="lenet", model_kwargs={"channels": (4, 8), "dense": 32}, bottleneck_dim=16, batch_size=16, log_every=1)
+TINY = {
+    "model": "lenet",
+    "model_kwargs": {"channels": (4, 8), "dense": 32},
+    "bottleneck_dim": 16,
+    "batch_size": 16,
+    "log_every": 1,
+}
 
 
 @pytest.fixture
@@ -70,7 +76,9 @@ def test_soft_cross_entropy_and_label_smoothing(st):
     np.testing.assert_allclose(soft_cross_entropy(s, q), -np.mean((ref_q * np_log_softmax(s)).sum(1)), rtol=1e-5)
     # agrees with the registered cross_entropy's label smoothing, and with hard labels at eps = 0
     np.testing.assert_allclose(soft_cross_entropy(s, q), cross_entropy(s, labels, 0.2), rtol=1e-5)
-    np.testing.assert_allclose(soft_cross_entropy(s, smooth_one_hot(jnp.asarray(labels), 4)), cross_entropy(s, labels), rtol=1e-5)
+    np.testing.assert_allclose(
+        soft_cross_entropy(s, smooth_one_hot(jnp.asarray(labels), 4)), cross_entropy(s, labels), rtol=1e-5
+    )
     with pytest.raises(LossError, match="smoothing"):
         smooth_one_hot(jnp.asarray(labels), 4, 1.5)
 
@@ -110,24 +118,37 @@ def _linear_inputs(params, extras, xt):
 
     logits_t, feats_t = apply_model(params, xt)
     return LossInputs(
-        source_features=feats_t, target_features=feats_t, source_logits=logits_t, target_logits=logits_t,
-        source_labels=jnp.zeros(len(xt), jnp.int32), progress=jnp.zeros(()), key=jax.random.key(0),
-        target_inputs=xt, source_inputs=xt, params=params, extras=extras, apply_model=apply_model,
+        source_features=feats_t,
+        target_features=feats_t,
+        source_logits=logits_t,
+        target_logits=logits_t,
+        source_labels=jnp.zeros(len(xt), jnp.int32),
+        progress=jnp.zeros(()),
+        key=jax.random.key(0),
+        target_inputs=xt,
+        source_inputs=xt,
+        params=params,
+        extras=extras,
+        apply_model=apply_model,
     )
 
 
 def test_kd_teacher_term_prefers_teacher_params_and_stops_gradient():
     rng = np.random.default_rng(2)
     xt = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
-    mk = lambda: {"head": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "bias": jnp.zeros(4)}}  # noqa: E731
+    mk = lambda: {"head": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "bias": jnp.zeros(4)}}
     student, anchor, ema = mk(), mk(), mk()
     spec = get_loss("kd_teacher")
     assert spec.init_extras(student) == {"anchor_params": student}
-    term = lambda ex: spec.fn(_linear_inputs(student, ex, xt), temperature=2.0)  # noqa: E731
+    term = lambda ex: spec.fn(_linear_inputs(student, ex, xt), temperature=2.0)
     s_logits = xt @ student["head"]["kernel"]
-    np.testing.assert_allclose(term({"anchor_params": anchor}), distillation_loss(s_logits, xt @ anchor["head"]["kernel"]), rtol=1e-5)
     np.testing.assert_allclose(
-        term({"anchor_params": anchor, "teacher_params": ema}), distillation_loss(s_logits, xt @ ema["head"]["kernel"]), rtol=1e-5
+        term({"anchor_params": anchor}), distillation_loss(s_logits, xt @ anchor["head"]["kernel"]), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        term({"anchor_params": anchor, "teacher_params": ema}),
+        distillation_loss(s_logits, xt @ ema["head"]["kernel"]),
+        rtol=1e-5,
     )
     g = jax.grad(lambda ex: term(ex))({"anchor_params": anchor})
     assert float(jnp.abs(g["anchor_params"]["head"]["kernel"]).sum()) == 0.0

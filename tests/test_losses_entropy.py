@@ -12,7 +12,13 @@ from da_framework.losses.entropy import entropy_loss, information_maximization
 from da_framework.losses.registry import LossError
 from da_framework.train import parse_method, train
 
-TINY = dict(model="lenet", model_kwargs={"channels": (4, 8), "dense": 32}, bottleneck_dim=16, batch_size=16, log_every=5)
+TINY = {
+    "model": "lenet",
+    "model_kwargs": {"channels": (4, 8), "dense": 32},
+    "bottleneck_dim": 16,
+    "batch_size": 16,
+    "log_every": 5,
+}
 
 
 @pytest.fixture

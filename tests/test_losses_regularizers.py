@@ -11,13 +11,25 @@ from da_framework.losses.registry import LossError, LossInputs, get_loss
 from da_framework.losses.regularizers import batch_spectral_shrinkage, delta_attention, feature_map_distance, l2_sp
 from da_framework.train import parse_method, train
 
-TINY = dict(model="lenet", model_kwargs={"channels": (4, 8), "dense": 32}, bottleneck_dim=16, batch_size=16, log_every=1)
+TINY = {
+    "model": "lenet",
+    "model_kwargs": {"channels": (4, 8), "dense": 32},
+    "bottleneck_dim": 16,
+    "batch_size": 16,
+    "log_every": 1,
+}
 
 
 def _params(rng, scale=1.0):
     return {
-        "backbone": {"w": jnp.asarray(rng.normal(size=(3, 2)) * scale, jnp.float32), "b": jnp.asarray(rng.normal(size=2), jnp.float32)},
-        "head": {"kernel": jnp.asarray(rng.normal(size=(2, 4)), jnp.float32), "bias": jnp.asarray(rng.normal(size=4), jnp.float32)},
+        "backbone": {
+            "w": jnp.asarray(rng.normal(size=(3, 2)) * scale, jnp.float32),
+            "b": jnp.asarray(rng.normal(size=2), jnp.float32),
+        },
+        "head": {
+            "kernel": jnp.asarray(rng.normal(size=(2, 4)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=4), jnp.float32),
+        },
     }
 
 
@@ -36,7 +48,9 @@ def test_l2_sp_reference_and_gradient():
     np.testing.assert_allclose(g["backbone"]["w"], 0.1 * (w["backbone"]["w"] - w0["backbone"]["w"]), rtol=1e-5)
     np.testing.assert_allclose(g["head"]["kernel"], 0.01 * w["head"]["kernel"], rtol=1e-5)
     # every module anchored when none is new
-    np.testing.assert_allclose(l2_sp(w, w0, (), 1.0, 5.0), 0.5 * _np_sq(jax.tree.map(lambda a, b: np.float64(a) - b, w, w0)), rtol=1e-5)
+    np.testing.assert_allclose(
+        l2_sp(w, w0, (), 1.0, 5.0), 0.5 * _np_sq(jax.tree.map(lambda a, b: np.float64(a) - b, w, w0)), rtol=1e-5
+    )
     with pytest.raises(LossError, match="not in the parameters"):
         l2_sp(w, w0, ("classifier",))
     with pytest.raises(LossError, match="structure differs"):
@@ -65,7 +79,9 @@ def test_feature_map_distance_reference():
     g = jax.grad(feature_map_distance, argnums=1)(f, f0)
     assert float(jnp.abs(g).sum()) == 0.0
     with jax.enable_x64(True):
-        check_grads(jax.jit(lambda a: feature_map_distance(a, np.float64(f0), np.float64(w))), (np.float64(f),), order=2)
+        check_grads(
+            jax.jit(lambda a: feature_map_distance(a, np.float64(f0), np.float64(w))), (np.float64(f),), order=2
+        )
     with pytest.raises(LossError, match="same shape"):
         feature_map_distance(f, f0[:, :2])
     with pytest.raises(LossError, match="channel_weights"):
@@ -91,7 +107,9 @@ def test_delta_attention_reference():
             fj[j] = 0.0
             inc.append(ce(fj @ kernel + bias, labels[i]) - base)
         ref[i] = np.exp(inc) / np.exp(inc).sum()
-    got = delta_attention(jnp.asarray(f0, jnp.float32), jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32), labels)
+    got = delta_attention(
+        jnp.asarray(f0, jnp.float32), jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32), labels
+    )
     np.testing.assert_allclose(got, ref, rtol=1e-4)
 
 
@@ -104,9 +122,13 @@ def np_bss(f, k):
 def test_bss_reference(shape, k):
     rng = np.random.default_rng(3)
     f = rng.normal(size=shape).astype(np.float32)
-    np.testing.assert_allclose(jax.jit(batch_spectral_shrinkage, static_argnums=1)(f, k), np_bss(f, k), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(batch_spectral_shrinkage, static_argnums=1)(f, k), np_bss(f, k), rtol=1e-4, atol=1e-6
+    )
     perm = rng.permutation(shape[0])
-    np.testing.assert_allclose(batch_spectral_shrinkage(f[perm], k), batch_spectral_shrinkage(f, k), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        batch_spectral_shrinkage(f[perm], k), batch_spectral_shrinkage(f, k), rtol=1e-4, atol=1e-6
+    )
     with jax.enable_x64(True):
         check_grads(jax.jit(lambda a: batch_spectral_shrinkage(a, k)), (np.float64(f),), order=1)
 
@@ -115,7 +137,9 @@ def test_bss_closed_form_and_bad_inputs():
     # a rank-deficient batch has a zero smallest singular value
     f = np.array([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
     np.testing.assert_allclose(batch_spectral_shrinkage(f, 1), 0.0, atol=1e-5)
-    np.testing.assert_allclose(batch_spectral_shrinkage(np.diag([3.0, 1.0, 2.0]).astype(np.float32), 2), 1.0 + 4.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        batch_spectral_shrinkage(np.diag([3.0, 1.0, 2.0]).astype(np.float32), 2), 1.0 + 4.0, rtol=1e-5
+    )
     with pytest.raises(LossError, match=r"k must be an integer in \[1, min\(n, d\)\] = \[1, 3\]"):
         batch_spectral_shrinkage(f, 4)
     with pytest.raises(LossError, match="2-D"):
@@ -128,8 +152,12 @@ def test_vmap_and_bfloat16():
     rng = np.random.default_rng(4)
     f = rng.normal(size=(3, 6, 4)).astype(np.float32)
     f0 = rng.normal(size=(3, 6, 4)).astype(np.float32)
-    np.testing.assert_allclose(jax.vmap(batch_spectral_shrinkage)(f), [batch_spectral_shrinkage(a) for a in f], rtol=1e-4)
-    np.testing.assert_allclose(jax.jit(jax.vmap(feature_map_distance))(f, f0), [feature_map_distance(a, b) for a, b in zip(f, f0)], rtol=1e-5)
+    np.testing.assert_allclose(
+        jax.vmap(batch_spectral_shrinkage)(f), [batch_spectral_shrinkage(a) for a in f], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        jax.jit(jax.vmap(feature_map_distance))(f, f0), [feature_map_distance(a, b) for a, b in zip(f, f0)], rtol=1e-5
+    )
     for fn, args in ((batch_spectral_shrinkage, (f[0],)), (feature_map_distance, (f[0], f0[0]))):
         got = fn(*(jnp.asarray(a, jnp.bfloat16) for a in args))
         assert got.dtype == jnp.float32
@@ -151,9 +179,18 @@ def test_registered_terms_read_anchor_extras():
 
     logits, feats = apply_model(w, x)
     inputs = LossInputs(
-        source_features=feats, target_features=feats, source_logits=logits, target_logits=logits,
-        source_labels=labels, progress=jnp.zeros(()), key=jax.random.key(0), source_inputs=x, target_inputs=x,
-        params=w, extras={"anchor_params": w0}, apply_model=apply_model,
+        source_features=feats,
+        target_features=feats,
+        source_logits=logits,
+        target_logits=logits,
+        source_labels=labels,
+        progress=jnp.zeros(()),
+        key=jax.random.key(0),
+        source_inputs=x,
+        target_inputs=x,
+        params=w,
+        extras={"anchor_params": w0},
+        apply_model=apply_model,
     )
     assert get_loss("l2sp").init_extras(w) == {"anchor_params": w} == get_loss("delta").init_extras(w)
     np.testing.assert_allclose(get_loss("l2sp").fn(inputs), l2_sp(w, w0), rtol=1e-6)
@@ -161,7 +198,9 @@ def test_registered_terms_read_anchor_extras():
     _, f0 = apply_model(w0, x)
     np.testing.assert_allclose(get_loss("delta").fn(inputs), np_fm(feats, f0), rtol=1e-5)
     att = delta_attention(f0, w0["head"]["kernel"], w0["head"]["bias"], labels)
-    np.testing.assert_allclose(get_loss("delta").fn(inputs, attention="head"), np_fm(feats, f0, np.asarray(att)), rtol=1e-5)
+    np.testing.assert_allclose(
+        get_loss("delta").fn(inputs, attention="head"), np_fm(feats, f0, np.asarray(att)), rtol=1e-5
+    )
     np.testing.assert_allclose(get_loss("bss").fn(inputs, domain="both"), 2 * np_bss(feats, 1), rtol=1e-4, atol=1e-6)
     with pytest.raises(LossError, match="no 'anchor_params'"):
         get_loss("l2sp").fn(LossInputs(**{**inputs.__dict__, "extras": {}}))
@@ -179,7 +218,9 @@ def test_end_to_end_regularizers_train():
     spec = "cross_entropy + 1.0*l2sp + 0.1*delta(attention=head) + 0.001*bss"
     r = train(ExperimentConfig(method=spec, steps=3, **TINY))
     logs = [h for h in r.history if "loss" in h]
-    assert len(logs) == 3 and all(np.isfinite(h[k]) for h in logs for k in ("loss", "loss/l2sp", "loss/delta", "loss/bss"))
+    assert len(logs) == 3 and all(
+        np.isfinite(h[k]) for h in logs for k in ("loss", "loss/l2sp", "loss/delta", "loss/bss")
+    )
     assert abs(logs[0]["loss/delta"]) < 1e-6 and logs[-1]["loss/delta"] > 0
     head0 = r.state.extras["anchor_params"]["head"]
     np.testing.assert_allclose(logs[0]["loss/l2sp"], 0.5 * 0.01 * _np_sq(head0), rtol=1e-4)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from da_framework.losses.checks import check_batch, check_positive, compute_dtype
 from da_framework.losses.entropy import prediction_entropy
-from da_framework.losses.registry import LossError, LossInputs, register_loss
+from da_framework.losses.registry import LossInputs, register_loss
 
 
 def minimum_class_confusion(logits: jax.Array, temperature: float = 2.5) -> jax.Array:

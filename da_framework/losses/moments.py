@@ -23,9 +23,7 @@ from da_framework.losses.cmd import safe_norm
 from da_framework.losses.registry import LossError, LossInputs, register_loss
 
 
-def moment_distance(
-    source: jax.Array, target: jax.Array, order: int = 2, reduce_axes: Sequence[int] = ()
-) -> jax.Array:
+def moment_distance(source: jax.Array, target: jax.Array, order: int = 2, reduce_axes: Sequence[int] = ()) -> jax.Array:
     """Sum over k = 1..order of the L2 distance of the k-th raw moments (M3SDA).
 
     Args:

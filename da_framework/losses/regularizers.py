@@ -107,7 +107,9 @@ def feature_map_distance(
     if channel_weights is not None:
         w = jnp.asarray(channel_weights, dtype)
         if w.shape not in ((c,), (n, c)):
-            raise LossError(f"feature_map_distance: channel_weights must have shape ({c},) or ({n}, {c}), got {w.shape}")
+            raise LossError(
+                f"feature_map_distance: channel_weights must have shape ({c},) or ({n}, {c}), got {w.shape}"
+            )
         per_channel = per_channel * jax.lax.stop_gradient(w)
     return jnp.mean(jnp.sum(per_channel, axis=1))
 
