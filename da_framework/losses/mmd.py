@@ -14,9 +14,9 @@ z'_i = (s_{2i}, t_{2i}) and averages
 
     h(z, z') = k(s, s') + k(t, t') - k(s, t') - k(s', t)
 
-over the floor(min(n, m) / 2) pairs; it is unbiased but noisier.  Following DAN, the bandwidths are multiples
-``alphas`` of the mean pairwise squared distance of the joint batch, held constant
-(stop-gradient) within a step.
+over the floor(min(n, m) / 2) pairs; it is unbiased but noisier.  Following DAN, the
+bandwidths are multiples ``alphas`` of the mean pairwise squared distance of the joint batch,
+held constant (stop-gradient) within a step.
 """
 
 from __future__ import annotations
