@@ -60,7 +60,8 @@ def cmd(source: jax.Array, target: jax.Array, n_moments: int = 5, interval: floa
 @register_loss(
     "cmd",
     description="central moment discrepancy (orders 1..K) between source and target features",
-    reference="Zellinger et al., 'Central Moment Discrepancy (CMD) for Domain-Invariant Representation Learning', ICLR 2017",
+    reference="Zellinger et al., 'Central Moment Discrepancy (CMD) for Domain-Invariant Representation "
+    "Learning', ICLR 2017",
 )
 def cmd_term(inputs: LossInputs, n_moments: int = 5, interval: float = 1.0) -> jax.Array:
     """CMD_K between the step's source and target features."""
