@@ -216,6 +216,8 @@ def test_cmd_matches_reference_and_properties(xy):
     assert np.all(np.isfinite(jax.grad(cmd)(x, x)))  # safe norm: no NaN at the minimum
     with pytest.raises(LossError, match="n_moments"):
         cmd(x, y, 0)
+    with pytest.raises(LossError, match="interval"):
+        cmd(x, y, 3, 0.0)
 
 
 def test_moment_distance_reference_arbitrary_rank():
@@ -264,6 +266,10 @@ def test_sliced_wasserstein_properties_and_gradients(xy):
     perm = np.random.default_rng(7).permutation(10)
     np.testing.assert_allclose(swd(x[perm], y, key, 128), swd(x, y, key, 128), rtol=1e-5)
     assert float(swd(x, y, key, 128)) != float(swd(x, y, jax.random.key(2), 128))
+    with pytest.raises(LossError, match="p must be >= 1"):
+        sliced_wasserstein(x, y, key, 8, 0.5)
+    with pytest.raises(LossError, match="num_projections"):
+        sliced_wasserstein(x, y, key, 0)
     with jax.enable_x64(True):
         check_grads(jax.jit(lambda a, b: sliced_wasserstein(a, b, key, 8)), (np.float64(x), np.float64(y)), order=1)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from da_framework.losses.checks import check_feature_pair, compute_dtype
+from da_framework.losses.checks import check_feature_pair, check_positive, compute_dtype
 from da_framework.losses.registry import LossError, LossInputs, register_loss
 
 
@@ -45,8 +45,7 @@ def cmd(source: jax.Array, target: jax.Array, n_moments: int = 5, interval: floa
     check_feature_pair(source, target, "cmd")
     if int(n_moments) != n_moments or n_moments < 1:
         raise LossError(f"cmd: n_moments must be an integer >= 1, got {n_moments!r}")
-    if not interval > 0:
-        raise LossError(f"cmd: interval must be > 0 (the width |b - a| of the feature range), got {interval!r}")
+    check_positive(interval, "interval (the width |b - a| of the feature range)", "cmd")
     dtype = compute_dtype(source)
     x, y = source.astype(dtype), target.astype(dtype)
     mx, my = jnp.mean(x, axis=0), jnp.mean(y, axis=0)

@@ -67,7 +67,7 @@ def sliced_wasserstein(
     check_feature_pair(source, target, "sliced_wasserstein")
     if int(num_projections) != num_projections or num_projections < 1:
         raise LossError(f"sliced_wasserstein: num_projections must be an integer >= 1, got {num_projections!r}")
-    if not p >= 1:
+    if isinstance(p, (int, float)) and not p >= 1:
         raise LossError(f"sliced_wasserstein: p must be >= 1, got {p!r}")
     dtype = compute_dtype(source)
     theta = jax.random.normal(key, (source.shape[1], int(num_projections)), dtype)
