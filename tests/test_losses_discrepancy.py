@@ -319,6 +319,7 @@ def test_presets_parse():
         assert [t.loss for t in method.terms] == ["cross_entropy", preset]
 
 
+@pytest.mark.slow  # a real train() run: ~3 XLA compilations
 def test_end_to_end_discrepancy_terms_train():
     """One tiny run with every discrepancy term: it compiles once and the losses stay finite."""
     spec = "cross_entropy + 1.0*coral + 1.0*cmd + 1.0*jan + 1.0*swd + 1.0*moments + 1.0*mmd(estimator=linear)"

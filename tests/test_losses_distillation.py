@@ -156,6 +156,7 @@ def test_kd_teacher_term_prefers_teacher_params_and_stops_gradient():
         term({})
 
 
+@pytest.mark.slow  # a real train() run: ~3 XLA compilations
 def test_end_to_end_kd_teacher_train():
     """Teacher = the initial model: the first step's KD loss is 0, later ones positive and finite."""
     r = train(ExperimentConfig(method="cross_entropy + 1.0*kd_teacher", steps=3, **TINY))

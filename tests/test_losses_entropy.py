@@ -160,6 +160,7 @@ def test_presets_parse():
         assert [t.loss for t in parse_method(preset).terms] == ["cross_entropy", preset]
 
 
+@pytest.mark.slow  # a real train() run: ~3 XLA compilations
 def test_end_to_end_confusion_terms_train():
     spec = "cross_entropy + 1.0*mcc + 1.0*bnm + 0.1*entropy + 1.0*shot_im"
     r = train(ExperimentConfig(method=spec, steps=3, **TINY))

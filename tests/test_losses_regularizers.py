@@ -213,6 +213,7 @@ def test_presets_parse():
     assert parse_method("bss").spec() == "cross_entropy + 0.001*bss"
 
 
+@pytest.mark.slow  # a real train() run: ~3 XLA compilations
 def test_end_to_end_regularizers_train():
     """At step 1 the model is its anchor: delta is 0 and l2sp is beta/2 ||head||^2 only."""
     spec = "cross_entropy + 1.0*l2sp + 0.1*delta(attention=head) + 0.001*bss"
