@@ -65,6 +65,16 @@ PRESETS: dict[str, str] = {
     "source_only": "cross_entropy",
     "dann": "cross_entropy + 1.0*dann",
     "dan": "cross_entropy + 1.0*mmd",
+    "coral": "cross_entropy + 1.0*coral",
+    "cmd": "cross_entropy + 1.0*cmd",
+    "jan": "cross_entropy + 1.0*jan",
+    "mcc": "cross_entropy + 1.0*mcc",
+    "bnm": "cross_entropy + 1.0*bnm",
+    "shot_im": "cross_entropy + 1.0*shot_im",
+    "entropy": "cross_entropy + 0.1*entropy",
+    "swd": "cross_entropy + 1.0*swd",
+    "l2sp": "cross_entropy + 1.0*l2sp",
+    "bss": "cross_entropy + 0.001*bss",
 }
 PRESETS["mmd"] = PRESETS["dan"]
 
