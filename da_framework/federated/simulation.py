@@ -27,6 +27,7 @@ clients and steps, unpadded data) that the engine must agree with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -393,6 +394,7 @@ def reference_round(
     return server_update(global_params, server_state, delta, server_tx)
 
 
+@functools.cache
 def _reference_step(spec: LocalTraining) -> Callable[..., tuple[Params, optax.OptState]]:
     """A jitted single SGD step on an unpadded batch (independent of the masked code)."""
     tx = spec.client_tx()
