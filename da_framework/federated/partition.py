@@ -186,7 +186,7 @@ def partition_table(clients: Sequence[Client], num_classes: int = 10, title: str
     """A rich table: client, domain, labelled?, n, and the per-class example counts."""
     table = Table(title=title)
     for col in ("client", "domain", "labels", "n"):
-        table.add_column(col, justify="right" if col == "n" else "left")
+        table.add_column(col, justify="right" if col == "n" else "left", no_wrap=col in ("client", "domain"))
     for c in range(num_classes):
         table.add_column(str(c), justify="right")
     for cl in clients:
