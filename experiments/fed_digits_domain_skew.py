@@ -6,8 +6,11 @@ per-client entropy-minimisation term (federated domain adaptation; no raw data l
 client).  The global model is evaluated on each domain's test split;
 ``target_test_accuracy`` is the accuracy on ``digits/rotate``.
 
-Run: python -m da_framework.cli fed fed_digits_domain_skew   (or ``da fed`` once registered)
+Run: python -m da_framework.cli fed fed_digits_domain_skew   (progress per round), or
+``da run fed_digits_domain_skew --seeds 3`` (``run()`` below; ``--steps`` sets the rounds).
 """
+
+from pathlib import Path
 
 FED_CONFIG = {
     "algorithm": "fedprox",
@@ -31,3 +34,10 @@ FED_CONFIG = {
 def get_config() -> dict:
     """Model and seed (ExperimentConfig keys); the federated settings are FED_CONFIG."""
     return {"source": "digits/source", "target": "digits/rotate", "model": "lenet", "bottleneck_dim": 128}
+
+
+def run(results_dir: Path, seeds: list[int], steps: int | None) -> list[dict]:
+    """Federated runs for ``da run``: one per seed; ``steps`` (if given) is the number of rounds."""
+    from da_framework.federated.command import run_fed_seeds
+
+    return run_fed_seeds(__file__, seeds, Path(results_dir), rounds=steps)

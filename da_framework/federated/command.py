@@ -63,6 +63,43 @@ def fed_result_path(results_dir: Path, config: Any, fed: Any) -> Path:
     return results_dir / slug(config.name) / slug(f"fed_{fed.algorithm}_{fed.server_optimizer}") / f"seed{config.seed}.json"
 
 
+def fed_record(config: Any, fed_cfg: Any, result: Any) -> dict[str, Any]:
+    """The result record of a federated run: ``make_record``'s fields plus the federated
+    config and the clients (name, domain, labelled, size)."""
+    from da_framework.results import make_record
+
+    record = make_record(config, result.metrics, result.history, result.wall_time_s)
+    record.update(
+        format="da_framework.fed/1",
+        fed_config=fed_cfg.to_dict(),
+        clients=[{"name": c.name, "domain": c.domain, "labeled": c.labeled, "num_examples": c.num_examples} for c in result.clients],
+    )
+    return record
+
+
+def run_fed_seeds(experiment: str, seeds: list[int], results_dir: Path, rounds: int | None = None) -> list[dict[str, Any]]:
+    """Runs a federated experiment for each seed (skipping finished ones); one table row each.
+
+    This is what an experiment file's ``run()`` calls, so ``da run <fed experiment>`` works too.
+    """
+    from da_framework.federated.runner import run_federated
+    from da_framework.results import read_record, write_json_atomic
+
+    rows = []
+    for seed in seeds:
+        config, fed_cfg = load_fed_experiment(experiment)
+        config = config.replace(seed=seed)
+        fed_cfg = fed_cfg.replace(**({} if rounds is None else {"rounds": rounds}))
+        path = fed_result_path(results_dir, config, fed_cfg)
+        if path.exists():
+            record = read_record(path)
+        else:
+            record = fed_record(config, fed_cfg, run_federated(config, fed_cfg))
+            write_json_atomic(path, record)
+        rows.append({"experiment": config.name, "algorithm": fed_cfg.algorithm, "seed": seed, **record["metrics"]})
+    return rows
+
+
 def fed(
     experiment: Annotated[str, typer.Argument(help="experiment name (experiments/<name>.py) or path")],
     rounds: Annotated[int | None, typer.Option(help="override the number of rounds")] = None,
@@ -79,7 +116,7 @@ def fed(
     from da_framework.federated.runner import make_clients, run_federated
     from da_framework.losses.registry import LossError
     from da_framework.models.registry import ModelError
-    from da_framework.results import make_record, write_json_atomic
+    from da_framework.results import write_json_atomic
     from da_framework.train.parallel import ParallelError
 
     user_errors = (ConfigError, DomainError, LossError, ModelError, ParallelError, PartitionError, ValueError, FloatingPointError)
@@ -121,10 +158,7 @@ def fed(
             console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
             raise typer.Exit(code=2) from None
 
-    record = make_record(config, result.metrics, result.history, result.wall_time_s)
-    record.update(format="da_framework.fed/1", fed_config=fed_cfg.to_dict(),
-                  clients=[{"name": c.name, "domain": c.domain, "labeled": c.labeled, "num_examples": c.num_examples} for c in result.clients])
-    write_json_atomic(path, record)
+    write_json_atomic(path, fed_record(config, fed_cfg, result))
     table = Table(title=f"{config.name}: global model after {fed_cfg.rounds} rounds ({result.wall_time_s:.1f}s)")
     table.add_column("metric"), table.add_column("value", justify="right")
     for k, v in result.metrics.items():
