@@ -87,6 +87,10 @@ def test_padding_clients_and_step_masks_are_no_ops():
     pa, _, _ = rf(params, tx.init(params), *place_clients(a, [0, 1], None), jax.random.key(1))
     pb, _, _ = rf(params, tx.init(params), *place_clients(b, padded_client_ids([0, 1], 4, 2), None), jax.random.key(1))
     assert _max_diff(pa, pb) < 1e-6
+    # chunked clients (lax.map over vmapped chunks) compute the same round
+    rc = make_round_fn(spec, tx, 13, client_chunk=2)
+    pc, _, _ = rc(params, tx.init(params), *place_clients(b, padded_client_ids([0, 1], 4, 2), None), jax.random.key(1))
+    assert _max_diff(pa, pc) < 1e-6
     # a client's real local step count is E * ceil(n / B)
     cu = jax.jit(make_client_update(spec, 13))
     one = jax.tree.map(lambda x: x[0], jax.tree.map(jnp.asarray, a))

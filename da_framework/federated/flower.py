@@ -39,7 +39,7 @@ import numpy as np
 
 try:
     import flwr as fl
-    from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the Flower adapter needs flwr: pip install 'da_framework[fed]' (or pip install flwr)") from e
 
