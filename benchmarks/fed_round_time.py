@@ -1,8 +1,8 @@
 """Wall time per federated round: the vmapped engine vs the sequential reference loop.
 
 100 clients (Dirichlet(0.5) label skew over the embedded ``digits/source`` train split, so
-client sizes are uneven), all taking part every round, a small LeNet, E local epochs of
-batch B.  Both engines run in the same process on the same data; compilation is excluded
+client sizes are uneven), all taking part every round, a small LeNet or MLP, E local
+epochs of batch B.  Both engines run in the same process on the same data; compilation is excluded
 (one warm-up round each, whose time is reported separately).  The script also checks that
 the two give the same global model.
 
@@ -38,10 +38,12 @@ def main() -> None:
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
+    ap.add_argument("--model", default="lenet", choices=["lenet", "mlp"], help="lenet (8, 16) channels or mlp (64, 64)")
     ap.add_argument("--chunks", default="none,1,10", help="client_chunk settings of the compiled engine (none = full vmap)")
     args = ap.parse_args()
 
-    config = ExperimentConfig(model="lenet", model_kwargs={"channels": (8, 16), "dense": 64}, bottleneck_dim=32, seed=0)
+    kwargs = {"channels": (8, 16), "dense": 64} if args.model == "lenet" else {"hidden": (64, 64)}
+    config = ExperimentConfig(model=args.model, model_kwargs=kwargs, bottleneck_dim=32, seed=0)
     fed = FedConfig(num_clients=args.clients, clients_per_round=args.clients, partition="dirichlet", dirichlet_alpha=0.5,
                     local_epochs=args.local_epochs, local_batch_size=args.batch_size, client_lr=0.05)
     clients = make_clients(config, fed)
@@ -92,7 +94,7 @@ def main() -> None:
         for name, p in finals.items() if name != "sequential"
     }
     report = {
-        "clients": args.clients, "client_sizes_min_median_max": [min(sizes), int(np.median(sizes)), max(sizes)],
+        "model": args.model, "clients": args.clients, "client_sizes_min_median_max": [min(sizes), int(np.median(sizes)), max(sizes)],
         "padded_length": n_max, "local_epochs": args.local_epochs, "batch_size": args.batch_size,
         "devices": [str(d) for d in jax.devices()], **results,
         "sequential_over_compiled_time_ratio": {

@@ -16,7 +16,7 @@ from da_framework.losses import get_loss
 from da_framework.losses.entropy import prediction_entropy
 from da_framework.losses.registry import LossError
 
-TINY = dict(model="lenet", model_kwargs={"channels": (4, 8), "dense": 32}, bottleneck_dim=16, batch_size=16, eval_batch_size=256)
+TINY = dict(model="mlp", model_kwargs={"hidden": (32,)}, bottleneck_dim=16, batch_size=32, eval_batch_size=256)
 
 
 def test_entropy_loss_matches_float64_numpy_and_bounds():
@@ -76,7 +76,7 @@ def test_da_fed_command_writes_a_record(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, [
         "fed", "fed_digits_domain_skew", "--rounds", "1", "--results-dir", str(tmp_path),
-        "--set", "model_kwargs={'channels': (4, 8), 'dense': 32}", "--set", "bottleneck_dim=16",
+        "--set", "model=mlp", "--set", "model_kwargs={'hidden': (16,)}", "--set", "bottleneck_dim=16",
         "--set", "num_clients=4", "--set", "clients_per_round=2",
     ])
     assert res.exit_code == 0, res.output
