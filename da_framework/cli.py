@@ -204,6 +204,9 @@ def list_() -> None:
     console.print("experiments: " + (", ".join(experiment_names()) or "none found in ./experiments"))
 
 
+app.command(name="fed")(__import__("da_framework.federated.command", fromlist=["fed"]).fed)
+
+
 def main() -> None:
     """Entry point of the ``da`` script."""
     app()

@@ -1,0 +1,442 @@
+"""The simulation engine: every sampled client of a round in one compiled program.
+
+A round is ``round_fn(global_params, server_state, clients, client_ids, key)``:
+
+1. every client starts from the global parameters and runs ``local_epochs`` passes of
+   minibatch SGD over its own data (:func:`make_client_update`); the clients are
+   ``jax.vmap``-ed over a stacked client axis and the local steps are a ``jax.lax.scan``;
+2. the server averages the updates ``w_k - w`` (weighted by example counts, optional
+   clipping and noise; :func:`da_framework.federated.algorithms.aggregate`) and applies its
+   optax optimiser to the pseudo-gradient (FedOpt).
+
+Uneven client sizes: every client's data is zero-padded to the same length N with a
+boolean example mask (:class:`ClientData`).  An epoch of a client with n examples is
+``ceil(n / B)`` steps; the scan runs ``ceil(N / B)`` steps per epoch and a per-client
+*step mask* turns the extra steps into no-ops, and a per-example mask drops the padded
+rows of a client's last, partial batch from the supervised loss.  The shuffling order of
+an epoch is ``argsort`` of uniform keys (padded rows sorted last), so a client's batches
+depend only on its key, its data and N, never on the other clients.
+
+With several devices the client axis is sharded over a 1-D mesh (``jax.jit`` + a
+``NamedSharding``; no ``pmap``): each device runs its share of the clients, and the
+weighted average becomes a cross-device reduction.  The result equals the one-device
+round.  :func:`reference_round` is the plain sequential definition (a Python loop over
+clients and steps, unpadded data) that the engine must agree with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from da_framework.federated.algorithms import aggregate, client_deltas, proximal_term, server_update
+from da_framework.losses.registry import LossInputs
+from da_framework.models.classifier import Classifier
+from da_framework.train.method import Method
+from da_framework.train.parallel import DATA_AXIS, ParallelError
+
+Params = Any
+
+
+class FederatedError(ValueError):
+    """Raised for inconsistent federated inputs (client data, shapes, settings)."""
+
+
+@flax.struct.dataclass
+class ClientData:
+    """Padded data of one client, or of a stack of clients (leading client axis).
+
+    Attributes:
+      x: (N, ...) inputs, zero beyond ``num_examples``.
+      y: (N,) int32 labels (0 for unlabelled clients and padding).
+      mask: (N,) bool, True for real examples.
+      num_examples: () int32 n, the client's example count (its FedAvg weight).
+      labeled: () float32, 1 for a labelled client, 0 for an unlabelled (target) client.
+    """
+
+    x: Any
+    y: Any
+    mask: Any
+    num_examples: Any
+    labeled: Any
+
+    @property
+    def num_clients(self) -> int:
+        """Size of the leading client axis of a stack."""
+        return int(np.shape(self.num_examples)[0])
+
+    @property
+    def max_examples(self) -> int:
+        """The padded length N."""
+        return int(np.shape(self.mask)[-1])
+
+
+def stack_clients(
+    clients: Sequence[Mapping[str, np.ndarray]],
+    labeled: Sequence[bool] | None = None,
+    max_examples: int | None = None,
+    pad_clients_to: int = 1,
+    input_key: str = "image",
+) -> ClientData:
+    """Pads and stacks client datasets into one :class:`ClientData` (NumPy arrays).
+
+    Args:
+      clients: one ``{input_key: (n_k, ...), "label": (n_k,)}`` dict per client.
+      labeled: per client, whether its labels may be used (default: all labelled).
+        Labels of unlabelled clients are replaced by zeros here, so they cannot leak.
+      max_examples: padded length N (default: the largest n_k).
+      pad_clients_to: append empty clients (n = 0, weight 0) until the number of clients
+        is a multiple of this (the number of devices the client axis is sharded over).
+      input_key: the field holding the model inputs.
+    """
+    if not clients:
+        raise FederatedError("stack_clients needs at least one client")
+    labeled = [True] * len(clients) if labeled is None else list(labeled)
+    if len(labeled) != len(clients):
+        raise FederatedError(f"got {len(clients)} clients but {len(labeled)} labeled flags")
+    sizes = [len(c[input_key]) for c in clients]
+    n_max = max(sizes) if max_examples is None else max_examples
+    if max(sizes) > n_max:
+        raise FederatedError(f"a client has {max(sizes)} examples, more than max_examples={n_max}")
+    if n_max == 0:
+        raise FederatedError("every client is empty")
+    shape = np.shape(clients[int(np.argmax(sizes))][input_key])[1:]
+    total = math.ceil(len(clients) / pad_clients_to) * pad_clients_to
+    x = np.zeros((total, n_max, *shape), np.float32)
+    y = np.zeros((total, n_max), np.int32)
+    mask = np.zeros((total, n_max), bool)
+    for k, (c, n) in enumerate(zip(clients, sizes)):
+        if n and np.shape(c[input_key])[1:] != shape:
+            raise FederatedError(f"client {k} inputs have shape {np.shape(c[input_key])[1:]}, expected {shape}")
+        x[k, :n] = c[input_key]
+        if labeled[k]:
+            y[k, :n] = c["label"]
+        mask[k, :n] = True
+    num = np.zeros((total,), np.int32)
+    num[: len(sizes)] = sizes
+    lab = np.zeros((total,), np.float32)
+    lab[: len(labeled)] = np.asarray(labeled, np.float32)
+    return ClientData(x=x, y=y, mask=mask, num_examples=num, labeled=lab)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalTraining:
+    """What every client does in a round (static: it defines the compiled program).
+
+    Attributes:
+      model: the classifier (parameters only: models with mutable collections such as
+        BatchNorm statistics are not supported by the federated engine).
+      batch_size: client minibatch size B.
+      local_epochs: passes over the client's data per round E.
+      client_lr: client SGD learning rate.
+      mu: FedProx proximal weight (0: FedAvg).
+      adaptation: extra loss terms on each client's own batch (registered losses, see
+        :func:`da_framework.federated.adaptation.adaptation_method`), or None.
+      input_key: the batch field holding model inputs.
+    """
+
+    model: Classifier
+    batch_size: int
+    local_epochs: int = 1
+    client_lr: float = 0.05
+    mu: float = 0.0
+    adaptation: Method | None = None
+    input_key: str = "image"
+
+    def steps_per_epoch(self, max_examples: int) -> int:
+        """Scan steps per epoch for padded length N: ceil(N / B)."""
+        return max(1, math.ceil(max_examples / self.batch_size))
+
+    def client_tx(self) -> optax.GradientTransformation:
+        """The client optimiser: plain SGD, as in FedAvg / FedProx."""
+        return optax.sgd(self.client_lr)
+
+
+def epoch_order(key: jax.Array, mask: jax.Array) -> jax.Array:
+    """A random order of the N rows with the real (masked-in) rows first."""
+    u = jax.random.uniform(key, mask.shape)
+    return jnp.argsort(jnp.where(mask, u, 2.0))
+
+
+def _client_keys(client_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    k_order, k_steps = jax.random.split(client_key)
+    return k_order, k_steps
+
+
+def client_objective(
+    spec: LocalTraining,
+    params: Params,
+    global_params: Params,
+    x: jax.Array,
+    y: jax.Array,
+    example_mask: jax.Array,
+    labeled: jax.Array,
+    key: jax.Array,
+    progress: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """One client's loss on one batch: masked cross-entropy (labelled clients), the FedProx
+    term and the adaptation terms (on the client's own batch only).
+
+    Returns:
+      ``(total loss, supervised cross-entropy)``.
+    """
+    k_model, k_loss = jax.random.split(key)
+    logits, feats = spec.model.apply({"params": params}, x, train=True, rngs={"dropout": k_model})
+    ce_each = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+    m = example_mask.astype(jnp.float32)
+    ce = jnp.sum(ce_each * m) / jnp.maximum(jnp.sum(m), 1.0)
+    total = labeled * ce
+    if spec.mu:
+        total = total + proximal_term(params, global_params, spec.mu)
+    if spec.adaptation is not None:
+        inputs = LossInputs(
+            source_features=feats, target_features=feats, source_logits=logits, target_logits=logits,
+            source_labels=y, progress=progress, key=k_loss, source_inputs=x, target_inputs=x,
+            params=params, extras={},
+            apply_model=lambda p, xx, train=True: spec.model.apply({"params": p}, xx, train=False),
+        )
+        adapt, _ = spec.adaptation.loss({}, inputs)
+        total = total + adapt
+    return total, ce
+
+
+def make_client_update(
+    spec: LocalTraining, max_examples: int
+) -> Callable[[Params, ClientData, jax.Array], tuple[Params, dict[str, jax.Array]]]:
+    """Builds ``client_update(global_params, data, key) -> (params, metrics)`` for ONE client.
+
+    The function is pure and unbatched; the engine ``vmap``s it over clients and the
+    Flower adapter calls it as is.  It runs ``E * ceil(N / B)`` scan steps, of which the
+    first ``ceil(n / B)`` of every epoch are real (the step mask).
+    """
+    steps_per_epoch = spec.steps_per_epoch(max_examples)
+    total_steps = spec.local_epochs * steps_per_epoch
+    tx = spec.client_tx()
+    b = spec.batch_size
+
+    def client_update(global_params: Params, data: ClientData, key: jax.Array) -> tuple[Params, dict[str, jax.Array]]:
+        if data.mask.shape[-1] != max_examples:
+            raise FederatedError(f"client data padded to {data.mask.shape[-1]} examples, engine built for {max_examples}")
+        k_order, k_steps = _client_keys(key)
+        orders = jax.vmap(lambda e: epoch_order(jax.random.fold_in(k_order, e), data.mask))(
+            jnp.arange(spec.local_epochs)
+        )
+        n = data.num_examples
+        n_safe = jnp.maximum(n, 1)
+        real_steps = (n + b - 1) // b
+
+        def step(carry, t):
+            params, opt_state, loss_sum = carry
+            e, s = t // steps_per_epoch, t % steps_per_epoch
+            pos = s * b + jnp.arange(b)
+            idx = orders[e][pos % n_safe]  # wrap around: every row is a real example
+            example_mask = pos < n
+            active = s < real_steps
+            progress = t.astype(jnp.float32) / total_steps
+            grad_fn = jax.value_and_grad(client_objective, argnums=1, has_aux=True)
+            (loss, _), grads = grad_fn(
+                spec, params, global_params, data.x[idx], data.y[idx], example_mask, data.labeled,
+                jax.random.fold_in(k_steps, t), progress,
+            )
+            updates, new_opt_state = tx.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            keep = lambda new, old: jax.tree.map(lambda a, c: jnp.where(active, a, c), new, old)  # noqa: E731
+            return (keep(new_params, params), keep(new_opt_state, opt_state), loss_sum + jnp.where(active, loss, 0.0)), None
+
+        init = (global_params, tx.init(global_params), jnp.zeros((), jnp.float32))
+        (params, _, loss_sum), _ = jax.lax.scan(step, init, jnp.arange(total_steps))
+        num_real = jnp.maximum(real_steps * spec.local_epochs, 1)
+        return params, {"loss": loss_sum / num_real, "local_steps": real_steps * spec.local_epochs}
+
+    return client_update
+
+
+RoundFn = Callable[[Params, optax.OptState, ClientData, jax.Array, jax.Array], tuple[Params, optax.OptState, dict[str, jax.Array]]]
+
+
+def make_round_fn(
+    spec: LocalTraining,
+    server_tx: optax.GradientTransformation,
+    max_examples: int,
+    clip_norm: float | None = None,
+    noise_multiplier: float = 0.0,
+    client_chunk: int | None = None,
+) -> RoundFn:
+    """Builds the jitted ``round_fn(global_params, server_state, clients, client_ids, key)``.
+
+    ``clients`` is a stacked :class:`ClientData` (place it with :func:`place_clients` to
+    shard it over devices), ``client_ids`` the (m,) int32 ids of the stacked clients (each
+    client's randomness is ``fold_in(key, id)``, so it does not depend on who else was
+    sampled).  Returns ``(global_params, server_state, metrics)``.
+
+    ``client_chunk=None`` vmaps all clients at once (best on accelerators); an integer k
+    runs ``jax.lax.map(..., batch_size=k)``: k clients vmapped at a time, chunks in a
+    compiled loop.  On CPU, vmapping convolutions over per-client weights lowers to grouped
+    convolutions, which XLA:CPU runs slowly, so small chunks (even 1) can be faster there.
+    The result is the same either way.
+    """
+    client_update = make_client_update(spec, max_examples)
+
+    def round_fn(global_params, server_state, clients, client_ids, key):
+        k_clients, k_noise = jax.random.split(key)
+        keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(client_ids)
+        if client_chunk is None:
+            new_params, cm = jax.vmap(client_update, in_axes=(None, 0, 0))(global_params, clients, keys)
+        else:  # vmap over chunks of `client_chunk` clients, a loop over chunks, still one program
+            new_params, cm = jax.lax.map(lambda a: client_update(global_params, *a), (clients, keys), batch_size=client_chunk)
+        deltas = client_deltas(new_params, global_params)
+        delta, am = aggregate(deltas, clients.num_examples, k_noise, clip_norm, noise_multiplier)
+        params, server_state = server_update(global_params, server_state, delta, server_tx)
+        w = clients.num_examples.astype(jnp.float32)
+        metrics = {"client_loss": jnp.sum(cm["loss"] * w) / jnp.maximum(jnp.sum(w), 1.0), **am}
+        return params, server_state, metrics
+
+    return jax.jit(round_fn)
+
+
+def make_client_mesh(num_devices: int) -> Mesh:
+    """A 1-D mesh over the first ``num_devices`` devices; its axis carries clients."""
+    devices = jax.devices()
+    if num_devices > len(devices):
+        raise ParallelError(
+            f"asked for {num_devices} devices but only {len(devices)} are visible; on CPU set "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts"
+        )
+    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+
+
+def place_clients(clients: ClientData, client_ids: np.ndarray, mesh: Mesh | None) -> tuple[ClientData, jax.Array]:
+    """Puts stacked clients (and their ids) on device, split over the mesh's client axis."""
+    ids = np.asarray(client_ids, np.int32)
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, clients), jnp.asarray(ids)
+    n = mesh.devices.size
+    if clients.num_clients % n:
+        raise ParallelError(
+            f"{clients.num_clients} stacked clients do not split over {n} devices; "
+            f"stack with pad_clients_to={n}"
+        )
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.device_put(clients, sharding), jax.device_put(ids, sharding)
+
+
+def replicate_tree(tree: Any, mesh: Mesh | None) -> Any:
+    """Places a pytree fully on every device of the mesh (or as is without a mesh)."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def padded_client_ids(ids: Sequence[int], total: int, num_clients: int) -> np.ndarray:
+    """Ids of ``total`` stacked clients: the sampled ``ids``, then fresh ids for padding."""
+    out = list(ids) + [num_clients + i for i in range(total - len(ids))]
+    return np.asarray(out, np.int32)
+
+
+# --------------------------------------------------------------------------------------
+# The sequential reference: the definition the engine must agree with.
+# --------------------------------------------------------------------------------------
+
+
+def reference_round(
+    spec: LocalTraining,
+    server_tx: optax.GradientTransformation,
+    global_params: Params,
+    server_state: optax.OptState,
+    clients: Sequence[Mapping[str, np.ndarray]],
+    labeled: Sequence[bool],
+    client_ids: Sequence[int],
+    key: jax.Array,
+    max_examples: int,
+    clip_norm: float | None = None,
+) -> tuple[Params, optax.OptState]:
+    """One round as a plain loop: each client trains alone on its unpadded data, then the
+    updates are clipped and averaged in float64 NumPy, weighted by example counts.
+
+    The client's shuffling order is that of :func:`epoch_order` for padded length
+    ``max_examples``; its last batch of an epoch is genuinely smaller (no masks), and the
+    adaptation terms see ``B`` real examples wrapping around the epoch.  (No noise: the
+    reference is for the deterministic part.)
+    """
+    k_clients, _ = jax.random.split(key)
+    step_fn = _reference_step(spec)
+    tx = spec.client_tx()
+    spe = spec.steps_per_epoch(max_examples)
+    total_steps = spec.local_epochs * spe
+    deltas, weights = [], []
+    g_leaves, treedef = jax.tree.flatten(global_params)
+    for data, lab, cid in zip(clients, labeled, client_ids):
+        x = np.asarray(data[spec.input_key], np.float32)
+        y = np.asarray(data["label"], np.int32) if lab else np.zeros(len(x), np.int32)
+        n = len(x)
+        k_order, k_steps = _client_keys(jax.random.fold_in(k_clients, int(cid)))
+        params, opt_state = global_params, tx.init(global_params)
+        for e in range(spec.local_epochs):
+            u = np.asarray(jax.random.uniform(jax.random.fold_in(k_order, e), (max_examples,)))[:n]
+            order = np.argsort(u, kind="stable")
+            for s in range(math.ceil(n / spec.batch_size)):
+                real = order[s * spec.batch_size : (s + 1) * spec.batch_size]
+                wrapped = order[(s * spec.batch_size + np.arange(spec.batch_size)) % n]
+                t = e * spe + s
+                params, opt_state = step_fn(
+                    params, opt_state, global_params, x[real], y[real], x[wrapped], float(lab),
+                    jax.random.fold_in(k_steps, t), jnp.float32(t / total_steps),
+                )
+        d = [np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(jax.tree.leaves(params), g_leaves)]
+        if clip_norm is not None:
+            norm = math.sqrt(sum(float(np.sum(v**2)) for v in d))
+            d = [v * min(1.0, clip_norm / max(norm, 1e-12)) for v in d]
+        deltas.append(d)
+        weights.append(float(n))
+    total = sum(weights)
+    mean = [sum(w * d[i] for w, d in zip(weights, deltas)) / total for i in range(len(g_leaves))]
+    delta = jax.tree.unflatten(treedef, [jnp.asarray(m, g.dtype) for m, g in zip(mean, g_leaves)])
+    return server_update(global_params, server_state, delta, server_tx)
+
+
+@functools.cache
+def _reference_step(spec: LocalTraining) -> Callable[..., tuple[Params, optax.OptState]]:
+    """A jitted single SGD step on an unpadded batch (independent of the masked code)."""
+    tx = spec.client_tx()
+
+    def loss(params, global_params, x, y, x_wrapped, labeled, key, progress):
+        k_model, k_loss = jax.random.split(key)
+        total = jnp.zeros((), jnp.float32)
+        if spec.adaptation is None:
+            logits, _ = spec.model.apply({"params": params}, x, train=True, rngs={"dropout": k_model})
+        else:
+            # one forward pass on the wrapped batch; the real batch is its first len(x) rows
+            logits_w, feats_w = spec.model.apply({"params": params}, x_wrapped, train=True, rngs={"dropout": k_model})
+            logits = logits_w[: x.shape[0]]
+            inputs = LossInputs(
+                source_features=feats_w, target_features=feats_w, source_logits=logits_w, target_logits=logits_w,
+                source_labels=jnp.zeros(x_wrapped.shape[0], jnp.int32), progress=progress, key=k_loss,
+                source_inputs=x_wrapped, target_inputs=x_wrapped, params=params, extras={},
+                apply_model=lambda p, xx, train=True: spec.model.apply({"params": p}, xx, train=False),
+            )
+            total = total + spec.adaptation.loss({}, inputs)[0]
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+        ce = -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+        total = total + labeled * ce
+        if spec.mu:
+            sq = sum(jnp.sum((p - g) ** 2) for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(global_params)))
+            total = total + 0.5 * spec.mu * sq
+        return total
+
+    @jax.jit
+    def step(params, opt_state, global_params, x, y, x_wrapped, labeled, key, progress):
+        grads = jax.grad(loss)(params, global_params, x, y, x_wrapped, labeled, key, progress)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return step
