@@ -190,6 +190,13 @@ def list_() -> None:
     console.print("experiments: " + (", ".join(experiment_names()) or "none found in ./experiments"))
 
 
+from da_framework.bench.commands import bench, report, reproduce  # noqa: E402
+
+app.command(name="bench")(bench)
+app.command(name="report")(report)
+app.command(name="reproduce")(reproduce)
+
+
 def main() -> None:
     """Entry point of the ``da`` script."""
     app()
