@@ -86,7 +86,7 @@ def report(
         written = write_report(results_dir, select=select, metric=metric, embedding=embedding)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    console.print((results_dir / "report.md").read_text(), markup=False, highlight=False)
+    typer.echo((results_dir / "report.md").read_text())
     console.print("wrote: " + ", ".join(str(p) for p in written))
 
 
