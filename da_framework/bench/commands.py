@@ -109,6 +109,8 @@ def reproduce(
     except _user_errors() as e:
         _fail(str(e))
     diffs = compare_metrics(record["metrics"], result.metrics, atol)
+    if "history" in record:
+        diffs += [f"history{d}" for d in compare_metrics({"": record["history"]}, {"": result.history}, atol)]
     was, now = record.get("platform", {}), platform_info()
     if was.get("jax_backend") != now["jax_backend"] or record.get("versions", {}).get("jax") != _jax_version():
         console.print(f"[yellow]note:[/] recorded on {was.get('jax_backend')} jax {record.get('versions', {}).get('jax')}, "
@@ -119,8 +121,9 @@ def reproduce(
         for d in diffs[:20]:
             console.print("  " + d, markup=False)
         raise typer.Exit(code=1)
-    n = len(record["metrics"])
-    console.print(f"[bold green]MATCH[/]: all {n} metrics identical" + (f" within {atol}" if atol else " (bitwise)")
+    n = len(compare_metrics({}, record["metrics"]))  # number of recorded metric values
+    h = len(compare_metrics({}, {"": record.get("history", [])}))
+    console.print(f"[bold green]MATCH[/]: all {n} metric values and {h} history values identical" + (f" within {atol}" if atol else " (bitwise)")
                   + f"; target_test_accuracy {result.metrics['target_test_accuracy']}")
 
 
