@@ -108,3 +108,19 @@ def test_reproduce_detects_match_and_mismatch(tmp_path):
     path.write_text(json.dumps(rec))
     r = runner.invoke(app, ["reproduce", str(path)])
     assert r.exit_code == 1 and "MISMATCH" in r.output and "target_test_accuracy" in r.output, r.output
+
+
+def test_bench_vmap_seeds_option_writes_every_seed(tmp_path):
+    sweep = _sweep()
+    sweep["methods"] = ["dan"]
+    path = tmp_path / "s.py"
+    path.write_text(f"def get_sweep():\n    return {sweep!r}\n")
+    r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "res"), "--vmap-seeds"])
+    assert r.exit_code == 0, r.output
+    recs = sorted((tmp_path / "res").rglob("seed*.json"))
+    assert [p.name for p in recs] == ["seed0.json", "seed1.json"]
+    rec = json.loads(recs[1].read_text())
+    assert rec["seed"] == 1 and rec["config"]["seed"] == 1 and rec["runner"].startswith("vmap_seeds")
+    assert {"selection", "analysis", "metrics"} <= set(rec)
+    r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "res"), "--vmap-seeds"])
+    assert r.exit_code == 0 and "2 already done" in r.output

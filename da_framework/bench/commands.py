@@ -32,9 +32,10 @@ def bench(
     sweep: Annotated[str, typer.Argument(help="sweep name (experiments/sweeps/<name>.py) or path to a file defining get_sweep()")],
     results_dir: Annotated[Path, typer.Option(help="where result JSON files go")] = Path("results"),
     max_runs: Annotated[int | None, typer.Option(help="stop after this many new runs (the rest stay pending)")] = None,
+    vmap_seeds: Annotated[bool, typer.Option(help="train the pending seeds of each (pair, method, grid point) as one vmapped program")] = False,
 ) -> None:
     """Run every run of a sweep that has no result yet (methods x pairs x seeds x grid); resumable."""
-    from da_framework.bench.sweep import expand_sweep, load_sweep, pending, run_one
+    from da_framework.bench.sweep import expand_sweep, load_sweep, pending, run_one, run_seed_group, seed_groups
 
     errors = _user_errors()
     try:
@@ -51,6 +52,18 @@ def bench(
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
     ) as progress:
         total = progress.add_task("runs", total=len(todo), info="")
+        if vmap_seeds:
+            for group in seed_groups(todo):
+                c = group[0].config
+                label = f"{c.source}→{c.target} | {c.method} | {dict(group[0].hparams) or ''} seeds {[r.config.seed for r in group]} (vmapped)"
+                try:
+                    records = run_seed_group(group)
+                except errors as e:
+                    _fail(f"{label}: {e}")
+                accs = ", ".join(f"{r['metrics']['target_test_accuracy']:.3f}" for r in records)
+                progress.console.print(f"{label}: target acc {accs}")
+                progress.advance(total, len(group))
+            todo = []
         for run in todo:
             c = run.config
             label = f"{c.source}→{c.target} | {c.method} | {dict(run.hparams) or ''} seed {c.seed}"

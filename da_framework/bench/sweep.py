@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import itertools
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -171,22 +172,61 @@ def features_path(record_path: Path) -> Path:
     return record_path.with_suffix(".features.npz")
 
 
-def run_one(run: RunSpec, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Trains one run, scores it, writes its features then its record (atomically, last)."""
-    from da_framework.train.loop import train
-
-    result = train(run.config, on_log=on_log)
+def _write_run(run: RunSpec, result: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Scores a finished run, writes its features then its record (atomically, last)."""
     selection, analysis, features = evaluate_for_selection(run.config, result.state)
-    record = make_record(run.config, result.metrics, result.history, result.wall_time_s)
+    record = make_record(result.config, result.metrics, result.history, result.wall_time_s)
     record.update(selection=selection, analysis=analysis, hparams=dict(run.hparams), features_file=features_path(run.path).name)
+    record.update(extra or {})
     run.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = run.path.with_suffix(".features.tmp.npz")
     np.savez_compressed(tmp, **features)
     tmp.replace(features_path(run.path))
     write_json_atomic(run.path, record)
-    if run.config.checkpoint_dir:
-        shutil.rmtree(run.config.checkpoint_dir, ignore_errors=True)  # finished: checkpoints no longer needed
+    if run.config.checkpoint_dir:  # finished: its checkpoints are no longer needed
+        shutil.rmtree(run.config.checkpoint_dir, ignore_errors=True)
+        try:
+            os.removedirs(Path(run.config.checkpoint_dir).parent)  # prune now-empty folders
+        except OSError:
+            pass
     return record
+
+
+def run_one(run: RunSpec, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Trains one run with :func:`train` and writes its record."""
+    from da_framework.train.loop import train
+
+    return _write_run(run, train(run.config, on_log=on_log))
+
+
+def run_seed_group(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
+    """Trains runs that differ only in seed as one vmapped program and writes their records.
+
+    The records' configs have checkpointing off (the vmapped program does not checkpoint)
+    and carry ``"runner": "vmap_seeds"``; their metrics equal separate runs up to float
+    reassociation, so ``da reproduce`` of them needs a tolerance.
+    """
+    from da_framework.bench.vmap_seeds import train_seeds
+
+    base = runs[0].config.replace(checkpoint_every=0, checkpoint_dir=None)
+    for r in runs:
+        if r.config.replace(checkpoint_every=0, checkpoint_dir=None, seed=base.seed) != base:
+            raise ConfigError("run_seed_group needs runs that differ only in seed")
+    results = train_seeds(base, [r.config.seed for r in runs])
+    out = []
+    for run, result in zip(runs, results):
+        result.wall_time_s /= len(runs)
+        plain = dataclasses.replace(run, config=result.config)
+        out.append(_write_run(plain, result, {"runner": f"vmap_seeds(k={len(runs)})"}))
+    return out
+
+
+def seed_groups(runs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """Runs grouped by everything but the seed (same pair, method and grid point), in order."""
+    groups: dict[Path, list[RunSpec]] = {}
+    for r in runs:
+        groups.setdefault(r.path.parent, []).append(r)
+    return list(groups.values())
 
 
 def pending(runs: Sequence[RunSpec]) -> list[RunSpec]:
