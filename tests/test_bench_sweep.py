@@ -96,7 +96,8 @@ def test_compare_metrics_hand_cases():
 
 
 def test_reproduce_detects_match_and_mismatch(tmp_path):
-    cfg = ExperimentConfig(method="dann", steps=3, **TINY)
+    """Also the determinism test: the same config and seed give bitwise identical metrics and history."""
+    cfg = ExperimentConfig(method="dann", steps=3, eval_every=2, **TINY)
     res = train(cfg)
     path = tmp_path / "run.json"
     write_json_atomic(path, make_record(cfg, res.metrics, res.history, res.wall_time_s))
@@ -112,7 +113,7 @@ def test_reproduce_detects_match_and_mismatch(tmp_path):
 
 def test_bench_vmap_seeds_option_writes_every_seed(tmp_path):
     sweep = _sweep()
-    sweep["methods"] = ["dan"]
+    sweep["methods"], sweep["base"]["steps"] = ["dan"], 2
     path = tmp_path / "s.py"
     path.write_text(f"def get_sweep():\n    return {sweep!r}\n")
     r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "res"), "--vmap-seeds"])
