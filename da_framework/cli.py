@@ -204,7 +204,14 @@ def list_() -> None:
     console.print("experiments: " + (", ".join(experiment_names()) or "none found in ./experiments"))
 
 
-app.command(name="fed")(__import__("da_framework.federated.command", fromlist=["fed"]).fed)
+# Commands defined next to what they drive.
+from da_framework.bench.commands import bench, report, reproduce  # noqa: E402
+from da_framework.federated.command import fed  # noqa: E402
+
+app.command(name="bench")(bench)
+app.command(name="report")(report)
+app.command(name="reproduce")(reproduce)
+app.command(name="fed")(fed)
 
 
 def main() -> None:

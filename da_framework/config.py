@@ -51,6 +51,9 @@ class ExperimentConfig:
       log_every: fetch metrics from the device every this many steps.
       num_devices: data-parallel devices (batch sharded over a 1-D mesh); 1 = one device.
       data_dir: tfds data directory for catalog domains (None: default).
+      checkpoint_every: save an orbax checkpoint every this many steps (0: off); a run whose
+        ``checkpoint_dir`` holds a checkpoint resumes from the latest one.
+      checkpoint_dir: folder of this run's checkpoints (needed when ``checkpoint_every`` > 0).
     """
 
     name: str = "experiment"
@@ -73,6 +76,8 @@ class ExperimentConfig:
     log_every: int = 50
     num_devices: int = 1
     data_dir: str | None = None
+    checkpoint_every: int = 0
+    checkpoint_dir: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -83,6 +88,7 @@ class ExperimentConfig:
             "log_every": self.log_every > 0,
             "num_devices": self.num_devices > 0,
             "eval_every": self.eval_every >= 0,
+            "checkpoint_every": self.checkpoint_every >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -91,6 +97,8 @@ class ExperimentConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: adam, adamw, sgd")
         if self.lr_schedule not in ("constant", "cosine", "inv"):
             raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, inv")
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ConfigError("checkpoint_every > 0 needs checkpoint_dir (a folder for this run's checkpoints)")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""

@@ -66,6 +66,11 @@ def git_commit(path: Path | None = None) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+# The commit of the code this process loaded: read once at import, so a commit made while a
+# long sweep runs does not mislabel the runs that follow it.
+PROCESS_GIT_COMMIT: str | None = git_commit()
+
+
 def make_record(config: ExperimentConfig, metrics: dict[str, Any], history: list[dict[str, Any]], wall_time_s: float) -> dict[str, Any]:
     """The JSON-serialisable record of one finished run."""
     return {
@@ -78,7 +83,7 @@ def make_record(config: ExperimentConfig, metrics: dict[str, Any], history: list
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": package_versions(),
         "platform": platform_info(),
-        "git_commit": git_commit(),
+        "git_commit": PROCESS_GIT_COMMIT,
     }
 
 

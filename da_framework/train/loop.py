@@ -28,6 +28,7 @@ from da_framework.config import ExperimentConfig
 from da_framework.data.domain import Domain, DomainError, batch_iterator
 from da_framework.data.registry import get_domain
 from da_framework.models.registry import make_model
+from da_framework.train.checkpoint import open_checkpoints, restore_latest, save_checkpoint
 from da_framework.train.evaluate import evaluate, make_predict_fn
 from da_framework.train.method import parse_method
 from da_framework.train.parallel import make_mesh, replicate, shard_batch
@@ -130,6 +131,14 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
     first_s, first_t = next(src_it), next(tgt_it)
     init = jax.jit(lambda k, xs, xt, ys: init_train_state(k, model, method, tx, xs, xt, ys))
     state = init(key_init, first_s[x_key], first_t[x_key], first_s["label"])
+    history: list[dict[str, Any]] = []
+    s_batch, t_batch = first_s, first_t
+    ckpt, start_step = open_checkpoints(config), 0
+    restored = restore_latest(ckpt, state, config) if ckpt is not None else None
+    if restored is not None:  # resume: data streams are deterministic, fast-forward them
+        state, history, start_step = restored
+        for _ in range(start_step):
+            s_batch, t_batch = next(src_it), next(tgt_it)
 
     traces = [0]
     raw_step = make_train_step(model, method, tx, config.steps, input_key=x_key)
@@ -157,9 +166,7 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
             "source_val_accuracy": src["accuracy"],
         }
 
-    history: list[dict[str, Any]] = []
-    s_batch, t_batch = first_s, first_t
-    for i in range(config.steps):
+    for i in range(start_step, config.steps):
         state, metrics = step_fn(state, place(s_batch), place(t_batch), jax.random.fold_in(key_steps, i))
         if (i + 1) % config.log_every == 0 or i + 1 == config.steps:
             logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -169,9 +176,13 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
                 on_log(i + 1, logged)
         if config.eval_every and (i + 1) % config.eval_every == 0 and i + 1 < config.steps:
             history.append({"step": i + 1, **run_eval(state)})
+        if ckpt is not None and (i + 1) % config.checkpoint_every == 0 and i + 1 < config.steps:
+            save_checkpoint(ckpt, i + 1, state, history, config)
         if i + 1 < config.steps:
             s_batch, t_batch = next(src_it), next(tgt_it)
 
+    if ckpt is not None:
+        ckpt.close()
     final = run_eval(state)
     history.append({"step": config.steps, **final})
     return RunResult(config, final, history, state, time.perf_counter() - start, traces[0])

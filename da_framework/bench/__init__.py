@@ -1,0 +1,1 @@
+"""Benchmarks: sweeps of runs, model selection, analysis, report tables and reproduction."""

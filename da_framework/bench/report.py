@@ -1,0 +1,297 @@
+"""``da report``: a sweep's run records -> Markdown and LaTeX tables and PNG plots.
+
+Tables (``report.md`` / ``report.tex`` in the results folder), every cell mean ± std over seeds:
+
+1. Headline: ``target_test_accuracy`` per method x domain pair, plus the average over pairs
+   (per seed, then mean ± std).  Among grid points of a method the run is chosen per pair and
+   seed by one validator, ``source_val_accuracy`` by default (``--select``); the table says
+   which.  The best mean of every column is bold.
+2. Model selection side by side: for every validator, the target accuracy (average over
+   pairs) of the run it picks among each method's grid points, and in the last row among all
+   methods and grid points.  The oracle column reads target labels and is marked.
+3. Validator scores and proxy A-distance of each method (mean over pairs and seeds).
+4. Proxy A-distance per pair (source-only = before adaptation).
+
+Plots (``plots/``): accuracy curves per pair and 2-D feature embeddings per pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from da_framework.bench.selection import DEFAULT_VALIDATOR, VALIDATORS, select_best
+
+
+@dataclasses.dataclass(frozen=True)
+class TableData:
+    """A formatted table: header, row labels, cell strings and which cells are bold."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    bold: list[list[bool]]
+    note: str = ""
+
+
+def load_records(results_dir: Path) -> list[dict[str, Any]]:
+    """Every run record under ``results_dir`` (hidden folders such as checkpoints skipped)."""
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"no results folder {results_dir}; run `da bench <sweep> --results-dir ...` first")
+    out = []
+    for path in sorted(results_dir.rglob("*.json")):
+        if any(part.startswith(".") for part in path.relative_to(results_dir).parts):
+            continue
+        rec = json.loads(path.read_text())
+        if isinstance(rec, dict) and str(rec.get("format", "")).startswith("da_framework.run"):
+            rec["_path"] = str(path)
+            out.append(rec)
+    if not out:
+        raise FileNotFoundError(f"no run records under {results_dir}")
+    return out
+
+
+def pair_name(record: Mapping[str, Any]) -> str:
+    """``source→target`` of a record, without a common ``family/`` prefix (digits/source→rotate)."""
+    s, t = record["config"]["source"], record["config"]["target"]
+    fam_s, fam_t = s.split("/")[0], t.split("/")[0]
+    return f"{s}→{t.split('/', 1)[1]}" if "/" in t and fam_s == fam_t else f"{s}→{t}"
+
+
+def _hp_key(record: Mapping[str, Any]) -> str:
+    return json.dumps(record.get("hparams", {}), sort_keys=True)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    vals = [float(v) for v in values]
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def summary_table(
+    title: str,
+    cells: Mapping[str, Mapping[str, Sequence[float]]],
+    columns: Sequence[str],
+    better: str | None = "max",
+    scale: float = 100.0,
+    digits: int = 1,
+    first_header: str = "method",
+    note: str = "",
+) -> TableData:
+    """Formats ``cells[row][column] = per-seed values`` as mean ± std with the best mean bold.
+
+    Args:
+      title: table title.
+      cells: row label -> column label -> values over seeds (missing column: "–").
+      columns: column order.
+      better: ``"max"``, ``"min"`` or None (no bold).
+      scale: multiply values by this before printing (100: percent).
+      digits: decimals printed.
+      first_header: header of the row-label column.
+      note: a sentence printed under the table.
+    """
+    means = {r: {c: mean_std(v)[0] for c, v in row.items() if len(v)} for r, row in cells.items()}
+    best = {}
+    for c in columns:
+        col = [m[c] for m in means.values() if c in m and not math.isnan(m[c])]
+        if better and col:
+            best[c] = max(col) if better == "max" else min(col)
+    rows, bold = [], []
+    for r, row in cells.items():
+        line, flags = [r], [False]
+        for c in columns:
+            if c not in row or not len(row[c]):
+                line.append("–"), flags.append(False)
+                continue
+            m, s = mean_std(row[c])
+            text = f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}" if len(row[c]) > 1 else f"{m * scale:.{digits}f}"
+            line.append(text)
+            flags.append(c in best and round(m * scale, digits) == round(best[c] * scale, digits))
+        rows.append(line), bold.append(flags)
+    return TableData(title, [first_header, *columns], rows, bold, note)
+
+
+def to_markdown(table: TableData) -> str:
+    """The table as GitHub Markdown (bold cells as ``**x**``)."""
+    lines = [f"### {table.title}", "", "| " + " | ".join(table.header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(table.header) - 1)) + "|"]
+    for row, flags in zip(table.rows, table.bold):
+        lines.append("| " + " | ".join(f"**{c}**" if b else c for c, b in zip(row, flags)) + " |")
+    if table.note:
+        lines += ["", table.note]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("→", r"$\to$"), ("†", r"$^\dagger$")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(table: TableData) -> str:
+    """The table as a LaTeX ``table``/``tabular`` (booktabs rules, bold as ``\\textbf``)."""
+
+    def cell(text: str, b: bool) -> str:
+        t = _tex_escape(text).replace(" ± ", r" $\pm$ ")
+        return rf"\textbf{{{t}}}" if b else t
+
+    lines = [
+        r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex_escape(table.title)}}}",
+        r"\begin{tabular}{l" + "c" * (len(table.header) - 1) + "}", r"\toprule",
+        " & ".join(_tex_escape(h) for h in table.header) + r" \\", r"\midrule",
+    ]
+    lines += [" & ".join(cell(c, b) for c, b in zip(row, flags)) + r" \\" for row, flags in zip(table.rows, table.bold)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _index(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
+    """(method, pair, seed) -> the runs of every grid point."""
+    out: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        out[(r["config"]["method"], pair_name(r), int(r["seed"]))].append(r)
+    return out
+
+
+def _ordered(values: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _with_average(per: Mapping[str, Mapping[int, float]], pairs: Sequence[str]) -> dict[str, list[float]]:
+    """Per-pair lists over seeds, plus 'avg' over pairs per seed (seeds present in every pair)."""
+    out = {p: list(per[p].values()) for p in pairs if p in per}
+    common = set.intersection(*(set(per[p]) for p in pairs)) if all(p in per for p in pairs) else set()
+    if common:
+        out["avg"] = [statistics.fmean(per[p][s] for p in pairs) for s in sorted(common)]
+    return out
+
+
+def headline_table(records: Sequence[dict[str, Any]], select: str = DEFAULT_VALIDATOR, metric: str = "target_test_accuracy") -> TableData:
+    """Table 1: ``metric`` per method x pair (+ avg), run chosen among grid points by ``select``."""
+    idx = _index(records)
+    methods, pairs = _ordered([k[0] for k in idx]), _ordered([k[1] for k in idx])
+    cells = {}
+    for m in methods:
+        per: dict[str, dict[int, float]] = defaultdict(dict)
+        for (mm, p, s), runs in idx.items():
+            if mm == m:
+                chosen = select_best(runs, select) if len(runs) > 1 else runs[0]
+                per[p][s] = chosen["metrics"][metric]
+        cells[m] = _with_average(per, pairs)
+    n_seeds = len({k[2] for k in idx})
+    n_grid = max(len(v) for v in idx.values())
+    oracle = " (ORACLE: uses target labels)" if VALIDATORS[select].uses_target_labels else ""
+    note = (f"{metric} in %, mean ± std over {n_seeds} seed(s); avg = mean over pairs per seed. "
+            + (f"Among {n_grid} grid points per method, each run is selected by `{select}`{oracle}. " if n_grid > 1 else "One configuration per method (no selection needed). ")
+            + "Bold: best mean per column.")
+    return summary_table(f"Headline: {metric} (%)", cells, [*pairs, "avg"], note=note)
+
+
+def selection_table(records: Sequence[dict[str, Any]]) -> TableData:
+    """Table 2: target accuracy (avg over pairs) of the run each validator selects."""
+    idx = _index(records)
+    methods, pairs = _ordered([k[0] for k in idx]), _ordered([k[1] for k in idx])
+    seeds = sorted({k[2] for k in idx})
+    names = [v for v in VALIDATORS if all(v in r.get("selection", {}) for r in records)]
+    label = {v: v + (" †" if VALIDATORS[v].uses_target_labels else "") for v in names}
+    cells: dict[str, dict[str, list[float]]] = {}
+    candidates = {m: {(p, s): idx.get((m, p, s), []) for p in pairs for s in seeds} for m in methods}
+    candidates["any method"] = {(p, s): [r for m in methods for r in idx.get((m, p, s), [])] for p in pairs for s in seeds}
+    for row, cands in candidates.items():
+        cells[row] = {}
+        for v in names:
+            per_seed = []
+            for s in seeds:
+                picks = [select_best(cands[(p, s)], v)["metrics"]["target_test_accuracy"] for p in pairs if cands[(p, s)]]
+                if len(picks) == len(pairs):
+                    per_seed.append(statistics.fmean(picks))
+            cells[row][label[v]] = per_seed
+    note = ("Target test accuracy (%, average over pairs, mean ± std over seeds) of the run each validator picks: per method "
+            "among its grid points, and in the last row among all methods and grid points. † ORACLE: reads target labels, "
+            "not a valid unsupervised selection; shown as an upper bound. With one grid point per method the per-method rows "
+            "are equal across validators.")
+    return summary_table("Model selection side by side", cells, [label[v] for v in names], note=note)
+
+
+def scores_table(records: Sequence[dict[str, Any]]) -> TableData:
+    """Table 3: raw validator scores and proxy A-distance per method (mean over pairs and seeds)."""
+    methods = _ordered([r["config"]["method"] for r in records])
+    keys = [v for v in VALIDATORS if all(v in r.get("selection", {}) for r in records)]
+    cells = {}
+    for m in methods:
+        rs = [r for r in records if r["config"]["method"] == m]
+        cells[m] = {k: [r["selection"][k] for r in rs] for k in keys}
+        pads = [r["analysis"]["proxy_a_distance"] for r in rs if "proxy_a_distance" in r.get("analysis", {})]
+        if pads:
+            cells[m]["proxy A-distance"] = pads
+    cols = keys + (["proxy A-distance"] if any("proxy A-distance" in c for c in cells.values()) else [])
+    note = ("Raw scores over all runs of a method (every pair, seed and grid point), no bold. Higher is better for "
+            + ", ".join(k for k in keys if VALIDATORS[k].higher_is_better) + "; lower for "
+            + ", ".join(k for k in keys if not VALIDATORS[k].higher_is_better) + ". Proxy A-distance: 0 = domains indistinguishable, 2 = separable.")
+    return summary_table("Validator scores", cells, cols, better=None, scale=1.0, digits=3, note=note)
+
+
+def pad_table(records: Sequence[dict[str, Any]]) -> TableData:
+    """Table 4: proxy A-distance per method x pair on held-out source/target test features."""
+    idx = _index(records)
+    methods, pairs = _ordered([k[0] for k in idx]), _ordered([k[1] for k in idx])
+    cells = {}
+    for m in methods:
+        per: dict[str, dict[int, float]] = defaultdict(dict)
+        for (mm, p, s), runs in idx.items():
+            if mm == m and "proxy_a_distance" in runs[0].get("analysis", {}):
+                per[p][s] = statistics.fmean(r["analysis"]["proxy_a_distance"] for r in runs)
+        cells[m] = _with_average(per, pairs) if per else {}
+    note = ("Proxy A-distance 2(1-2·err) of a linear domain classifier on held-out features (Ben-David et al., 2007); "
+            "source_only = before adaptation. Bold: lowest (most aligned).")
+    return summary_table("Proxy A-distance (before = source_only, after = adapted)", cells, [*pairs, "avg"], better="min", scale=1.0, digits=2, note=note)
+
+
+def write_plots(records: Sequence[dict[str, Any]], out_dir: Path, embedding: str = "pca") -> list[Path]:
+    """Accuracy curves and feature embeddings, one PNG of each per domain pair."""
+    from da_framework.bench.analysis import plot_curves, plot_embedding
+
+    idx = _index(records)
+    methods, pairs = _ordered([k[0] for k in idx]), _ordered([k[1] for k in idx])
+    written = []
+    for p in pairs:
+        stem = p.replace("/", "_").replace("→", "_to_")
+        hist = {m: [runs[0]["history"] for (mm, pp, s), runs in sorted(idx.items()) if mm == m and pp == p] for m in methods}
+        written.append(plot_curves(hist, out_dir / f"curves_{stem}.png", ("source_train_accuracy", "target_test_accuracy"), title=p))
+        panels = {}
+        for m in methods:
+            runs = sorted(((s, runs) for (mm, pp, s), runs in idx.items() if mm == m and pp == p), key=lambda t: t[0])
+            rec = runs[0][1][0]
+            fpath = Path(rec["_path"]).with_name(rec["features_file"]) if rec.get("features_file") else None
+            if fpath is not None and fpath.is_file():
+                with np.load(fpath) as f:
+                    panels[m] = {k: f[k] for k in f.files}
+        if panels:
+            written.append(plot_embedding(panels, out_dir / f"embedding_{stem}.png", embedding, title=f"{p}: {embedding.upper()} of features (seed {min(s for (_, pp, s) in idx if pp == p)})"))
+    return written
+
+
+def write_report(results_dir: Path, select: str = DEFAULT_VALIDATOR, metric: str = "target_test_accuracy", embedding: str = "pca") -> list[Path]:
+    """Writes ``report.md``, ``report.tex`` and ``plots/*.png`` into ``results_dir``; returns the paths."""
+    if select not in VALIDATORS:
+        raise ValueError(f"unknown validator {select!r}; valid: {', '.join(VALIDATORS)}")
+    records = load_records(results_dir)
+    tables = [headline_table(records, select, metric)]
+    if all("selection" in r for r in records):
+        tables += [selection_table(records), scores_table(records)]
+    if any("proxy_a_distance" in r.get("analysis", {}) for r in records):
+        tables.append(pad_table(records))
+    plots = write_plots(records, results_dir / "plots", embedding)
+    md = [f"# Results: {results_dir.name}", "", f"{len(records)} runs. Headline model selection: `{select}`.", ""]
+    md += [to_markdown(t) for t in tables]
+    md += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(results_dir)})" for p in plots]
+    (results_dir / "report.md").write_text("\n".join(md) + "\n")
+    (results_dir / "report.tex").write_text("% generated by `da report`; needs \\usepackage{booktabs}\n" + "\n".join(to_latex(t) for t in tables))
+    return [results_dir / "report.md", results_dir / "report.tex", *plots]

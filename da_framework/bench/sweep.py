@@ -1,0 +1,234 @@
+"""Sweeps: methods x domain pairs x seeds x hyper-parameter grid, expanded into independent runs.
+
+A sweep file (``experiments/sweeps/<name>.py`` or any path) defines ``get_sweep() -> dict``::
+
+    def get_sweep():
+        return {
+            "name": "digits",                                   # results go to <results>/digits/
+            "base": {"steps": 500, "model_kwargs": {...}},      # ExperimentConfig overrides
+            "methods": ["source_only", "dann", "dan"],
+            "pairs": [("digits/source", "digits/rotate"), ...],
+            "seeds": [0, 1, 2],
+            "grid": {"learning_rate": [1e-3, 3e-4]},            # optional; cartesian product
+            "checkpoint_every": 100,                             # optional; in-run resume
+        }
+
+Every run is written as its own record (``da_framework.results`` format plus the
+``"selection"`` scores of :mod:`da_framework.bench.selection`, an ``"analysis"`` dict and a
+small ``.features.npz`` for embedding plots) at a path that names it, atomically.  Running a
+sweep again skips every run whose record exists, so a killed sweep restarted loses nothing;
+with ``checkpoint_every`` the interrupted run itself resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from da_framework.config import ConfigError, ExperimentConfig, config_keys, experiments_dir, from_dict
+from da_framework.results import make_record, slug, write_json_atomic
+
+SWEEP_KEYS = ("name", "base", "methods", "pairs", "seeds", "grid", "checkpoint_every")
+FEATURES_PER_DOMAIN = 300  # examples per domain kept for embedding plots
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its config, where its record goes, and its grid point.
+
+    Attributes:
+      config: the full run config.
+      path: the record's JSON path.
+      hparams: the grid values of this run (empty without a grid).
+    """
+
+    config: ExperimentConfig
+    path: Path
+    hparams: Mapping[str, Any]
+
+
+def sweep_path(name_or_path: str) -> Path:
+    """Resolves ``experiments/sweeps/<name>.py`` or a path to an existing sweep file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = experiments_dir() / "sweeps" / f"{name_or_path}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in (experiments_dir() / "sweeps").glob("*.py")) if (experiments_dir() / "sweeps").is_dir() else []
+        raise ConfigError(f"unknown sweep {name_or_path!r}; valid sweeps: {', '.join(known) or 'none found'} (or pass a path)")
+    return path
+
+
+def load_sweep(name_or_path: str) -> dict[str, Any]:
+    """Imports a sweep file and returns its validated ``get_sweep()`` dict (name defaults to the file stem)."""
+    path = sweep_path(name_or_path)
+    spec = importlib.util.spec_from_file_location(f"da_sweep_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ConfigError(f"sweep file {path} must define get_sweep() -> dict")
+    sweep = dict(module.get_sweep())
+    sweep.setdefault("name", path.stem)
+    return validate_sweep(sweep)
+
+
+def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
+    """Checks a sweep dict's keys and fills defaults; raises ConfigError naming the problem."""
+    unknown = sorted(set(sweep) - set(SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown sweep key(s) {', '.join(unknown)}; valid keys: {', '.join(SWEEP_KEYS)}")
+    out = {"base": {}, "grid": {}, "checkpoint_every": 0, **sweep}
+    for key in ("methods", "pairs", "seeds"):
+        if not out.get(key):
+            raise ConfigError(f"sweep {out.get('name')!r} needs a non-empty {key!r} list")
+    for pair in out["pairs"]:
+        if len(pair) != 2:
+            raise ConfigError(f"sweep pair {pair!r} must be (source, target)")
+    for key in list(out["base"]) + list(out["grid"]):
+        if key not in config_keys():
+            raise ConfigError(f"unknown config key {key!r} in sweep; valid keys: {', '.join(config_keys())}")
+    clash = {"method", "source", "target", "seed", "name"} & (set(out["base"]) | set(out["grid"]))
+    if clash:
+        raise ConfigError(f"sweep base/grid must not set {', '.join(sorted(clash))}; use methods/pairs/seeds/name")
+    return out
+
+
+def _hp_slug(hparams: Mapping[str, Any]) -> str:
+    return slug(",".join(f"{k}={v}" for k, v in hparams.items())) if hparams else "default"
+
+
+def expand_sweep(sweep: Mapping[str, Any], results_dir: Path) -> list[RunSpec]:
+    """All runs of a sweep, in a fixed order (pair, method, grid point, seed).
+
+    Records go to ``<results>/<name>/<source>__<target>/<method>/<grid point>/seed<s>.json``;
+    checkpoints (if ``checkpoint_every``) to ``<results>/<name>/.checkpoints/...``.
+    """
+    from da_framework.train.method import parse_method
+
+    sweep = validate_sweep(sweep)
+    root = results_dir / slug(sweep["name"])
+    grid = sweep["grid"]
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+    runs = []
+    for (src, tgt), method in itertools.product(sweep["pairs"], sweep["methods"]):
+        parse_method(method)  # fail fast on a bad method, before any training
+        for hp, seed in itertools.product(points, sweep["seeds"]):
+            rel = Path(f"{slug(src)}__{slug(tgt)}") / slug(method) / _hp_slug(hp) / f"seed{seed}"
+            values = {**sweep["base"], **hp, "name": sweep["name"], "source": src, "target": tgt, "method": method, "seed": seed}
+            if sweep["checkpoint_every"]:
+                values.update(checkpoint_every=sweep["checkpoint_every"], checkpoint_dir=str(root / ".checkpoints" / rel))
+            runs.append(RunSpec(from_dict(values), root / rel.with_suffix(".json"), hp))
+    return runs
+
+
+def _subsample(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).permutation(n)[: min(n, k)])
+
+
+def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[str, float], dict[str, float], dict[str, np.ndarray]]:
+    """Selection scores, analysis numbers and plot features of a trained state.
+
+    Returns:
+      ``(selection, analysis, features)``: validator scores (:func:`selection.selection_scores`),
+      ``{"proxy_a_distance": ...}`` on held-out source-test vs target-test features, and a
+      subsample of those features with labels for embedding plots.
+    """
+    from da_framework.bench.analysis import proxy_a_distance
+    from da_framework.bench.selection import selection_scores
+    from da_framework.data.registry import get_domain
+    from da_framework.models.registry import make_model
+    from da_framework.train.evaluate import make_predict_fn, predict_split
+
+    source, target = get_domain(config.source, config.data_dir), get_domain(config.target, config.data_dir)
+    model = make_model(config.model, source.num_classes, config.bottleneck_dim, **config.model_kwargs)
+    predict = make_predict_fn(model)
+    variables = jax.device_get({"params": state.params["model"], **state.model_state})
+
+    def run(domain: Any, split: str) -> dict[str, np.ndarray]:
+        return predict_split(predict, variables, domain.split(split), config.eval_batch_size, source.input_key)
+
+    s_val, t_train, s_test, t_test = run(source, "val"), run(target, "train"), run(source, "test"), run(target, "test")
+    selection = selection_scores(s_val, t_train, t_test, seed=config.seed)
+    analysis = {"proxy_a_distance": proxy_a_distance(s_test["features"], t_test["features"], seed=config.seed)}
+    i_s, i_t = _subsample(len(s_test["label"]), FEATURES_PER_DOMAIN, 0), _subsample(len(t_test["label"]), FEATURES_PER_DOMAIN, 1)
+    features = {
+        "source_features": s_test["features"][i_s].astype(np.float32), "source_label": s_test["label"][i_s],
+        "target_features": t_test["features"][i_t].astype(np.float32), "target_label": t_test["label"][i_t],
+    }
+    return selection, analysis, features
+
+
+def features_path(record_path: Path) -> Path:
+    """Where a run's embedding features go (next to its record)."""
+    return record_path.with_suffix(".features.npz")
+
+
+def _write_run(run: RunSpec, result: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Scores a finished run, writes its features then its record (atomically, last)."""
+    selection, analysis, features = evaluate_for_selection(run.config, result.state)
+    record = make_record(result.config, result.metrics, result.history, result.wall_time_s)
+    record.update(selection=selection, analysis=analysis, hparams=dict(run.hparams), features_file=features_path(run.path).name)
+    record.update(extra or {})
+    run.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run.path.with_suffix(".features.tmp.npz")
+    np.savez_compressed(tmp, **features)
+    tmp.replace(features_path(run.path))
+    write_json_atomic(run.path, record)
+    if run.config.checkpoint_dir:  # finished: its checkpoints are no longer needed
+        shutil.rmtree(run.config.checkpoint_dir, ignore_errors=True)
+        try:
+            os.removedirs(Path(run.config.checkpoint_dir).parent)  # prune now-empty folders
+        except OSError:
+            pass
+    return record
+
+
+def run_one(run: RunSpec, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Trains one run with :func:`train` and writes its record."""
+    from da_framework.train.loop import train
+
+    return _write_run(run, train(run.config, on_log=on_log))
+
+
+def run_seed_group(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
+    """Trains runs that differ only in seed as one vmapped program and writes their records.
+
+    The records' configs have checkpointing off (the vmapped program does not checkpoint)
+    and carry ``"runner": "vmap_seeds"``; their metrics equal separate runs up to float
+    reassociation, so ``da reproduce`` of them needs a tolerance.
+    """
+    from da_framework.bench.vmap_seeds import train_seeds
+
+    base = runs[0].config.replace(checkpoint_every=0, checkpoint_dir=None)
+    for r in runs:
+        if r.config.replace(checkpoint_every=0, checkpoint_dir=None, seed=base.seed) != base:
+            raise ConfigError("run_seed_group needs runs that differ only in seed")
+    results = train_seeds(base, [r.config.seed for r in runs])
+    out = []
+    for run, result in zip(runs, results):
+        result.wall_time_s /= len(runs)
+        plain = dataclasses.replace(run, config=result.config)
+        out.append(_write_run(plain, result, {"runner": f"vmap_seeds(k={len(runs)})"}))
+    return out
+
+
+def seed_groups(runs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """Runs grouped by everything but the seed (same pair, method and grid point), in order."""
+    groups: dict[Path, list[RunSpec]] = {}
+    for r in runs:
+        groups.setdefault(r.path.parent, []).append(r)
+    return list(groups.values())
+
+
+def pending(runs: Sequence[RunSpec]) -> list[RunSpec]:
+    """The runs whose record does not exist yet."""
+    return [r for r in runs if not r.path.exists()]

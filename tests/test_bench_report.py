@@ -1,0 +1,77 @@
+"""`da report` tables from synthetic records: mean ± std, bold best, average column, selection."""
+
+import json
+import statistics
+
+from typer.testing import CliRunner
+
+from da_framework.bench.report import headline_table, selection_table, summary_table, to_latex, to_markdown, write_report
+from da_framework.cli import app
+
+
+def _rec(method, target, seed, acc, lr=1e-3, sval=0.9):
+    return {
+        "format": "da_framework.run/1",
+        "config": {"method": method, "source": "digits/source", "target": target, "seed": seed, "learning_rate": lr},
+        "seed": seed,
+        "hparams": {"learning_rate": lr},
+        "metrics": {"target_test_accuracy": acc, "source_val_accuracy": sval},
+        "selection": {"source_val_accuracy": sval, "target_oracle_accuracy": acc, "iwcv_risk": 1.0, "dev_risk": 1.0,
+                      "target_entropy": 0.5, "snd": 3.0},
+        "analysis": {"proxy_a_distance": 1.0},
+        "history": [{"step": 5, "source_train_accuracy": 0.5}, {"step": 10, "source_train_accuracy": 0.8, **{"target_test_accuracy": acc}}],
+    }
+
+
+def _records():
+    return [
+        _rec("a", "digits/rotate", 0, 0.50), _rec("a", "digits/rotate", 1, 0.60),
+        _rec("a", "digits/blur", 0, 0.90), _rec("a", "digits/blur", 1, 0.80),
+        _rec("b", "digits/rotate", 0, 0.70), _rec("b", "digits/rotate", 1, 0.80),
+        _rec("b", "digits/blur", 0, 0.70), _rec("b", "digits/blur", 1, 0.60),
+    ]
+
+
+def test_summary_table_mean_std_and_bold():
+    t = summary_table("t", {"x": {"c": [0.5, 0.7]}, "y": {"c": [0.4]}}, ["c"])
+    assert t.rows[0] == ["x", "60.0 ± 14.1"] and t.rows[1] == ["y", "40.0"]
+    assert t.bold == [[False, True], [False, False]]
+    t = summary_table("t", {"x": {"c": [0.5]}, "y": {"c": [0.4]}}, ["c"], better="min")
+    assert t.bold == [[False, False], [False, True]]
+
+
+def test_headline_table_values_bold_and_average():
+    t = headline_table(_records())
+    assert t.header == ["method", "digits/source→rotate", "digits/source→blur", "avg"]
+    a, b = t.rows
+    assert a[1] == f"55.0 ± {100 * statistics.stdev([0.5, 0.6]):.1f}" and b[1] == f"75.0 ± {100 * statistics.stdev([0.7, 0.8]):.1f}"
+    # avg per seed over pairs: a: (0.5+0.9)/2=0.7, (0.6+0.8)/2=0.7 -> 70.0 ± 0.0; b: 0.7, 0.7 -> 70.0 ± 0.0
+    assert a[3] == "70.0 ± 0.0" and b[3] == "70.0 ± 0.0"
+    assert t.bold[0] == [False, False, True, True] and t.bold[1] == [False, True, False, True]
+    md = to_markdown(t)
+    assert "| b | **75.0 ± 7.1** | 65.0 ± 7.1 | **70.0 ± 0.0** |" in md
+    tex = to_latex(t)
+    assert r"\textbf{75.0 $\pm$ 7.1}" in tex and r"digits/source$\to$rotate" in tex
+
+
+def test_headline_selects_grid_point_by_validator():
+    recs = [_rec("a", "digits/rotate", 0, 0.2, lr=1e-3, sval=0.9), _rec("a", "digits/rotate", 0, 0.8, lr=1e-2, sval=0.5)]
+    assert headline_table(recs, "source_val_accuracy").rows[0][1] == "20.0"
+    assert headline_table(recs, "target_oracle_accuracy").rows[0][1] == "80.0"
+    sel = selection_table(recs)
+    col = sel.header.index("target_oracle_accuracy †")
+    assert sel.rows[0][col] == "80.0" and sel.rows[0][sel.header.index("source_val_accuracy")] == "20.0"
+
+
+def test_report_command_writes_files(tmp_path):
+    for i, r in enumerate(_records()):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    written = write_report(tmp_path)
+    assert (tmp_path / "report.md").exists() and (tmp_path / "report.tex").exists()
+    assert any(p.suffix == ".png" and p.exists() for p in written)
+    md = (tmp_path / "report.md").read_text()
+    assert "Headline model selection: `source_val_accuracy`" in md and "ORACLE" in md
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "no results folder" in r.output

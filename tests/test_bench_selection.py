@@ -1,0 +1,101 @@
+"""Model-selection validators and proxy A-distance against NumPy references and hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from da_framework.bench.analysis import accuracy_curve, proxy_a_distance
+from da_framework.bench.selection import (
+    cross_entropy_per_example,
+    density_ratio_weights,
+    dev_risk,
+    iwcv_risk,
+    prediction_entropy,
+    select_best,
+    soft_neighborhood_density,
+)
+
+
+def _snd_reference(logits, tau=0.05):
+    """Loop-by-loop SND (Saito et al. 2021) in float64."""
+    p = [np.exp(l - max(l)) / np.sum(np.exp(l - max(l))) for l in np.asarray(logits, np.float64)]
+    f = [v / math.sqrt(sum(v * v)) for v in p]
+    total = 0.0
+    for i in range(len(f)):
+        sims = [float(np.dot(f[i], f[j])) / tau for j in range(len(f)) if j != i]
+        m = max(sims)
+        z = sum(math.exp(s - m) for s in sims)
+        q = [math.exp(s - m) / z for s in sims]
+        total += -sum(x * math.log(x) for x in q if x > 0)
+    return total / len(f)
+
+
+def test_entropy_hand_cases():
+    assert prediction_entropy(np.zeros((4, 10))) == pytest.approx(math.log(10))
+    assert prediction_entropy(np.array([[100.0, 0.0, 0.0]])) == pytest.approx(0.0, abs=1e-12)
+    # p = (0.5, 0.5) for one row, one-hot for the other: mean entropy = log(2)/2
+    assert prediction_entropy(np.array([[0.0, 0.0], [50.0, -50.0]])) == pytest.approx(math.log(2) / 2)
+
+
+def test_snd_matches_reference_and_hand_cases():
+    logits = np.random.default_rng(0).normal(size=(12, 5)) * 3
+    assert soft_neighborhood_density(logits) == pytest.approx(_snd_reference(logits), rel=1e-10)
+    assert soft_neighborhood_density(logits, 0.5) == pytest.approx(_snd_reference(logits, 0.5), rel=1e-10)
+    # two points: each has one neighbour, probability 1, entropy 0
+    assert soft_neighborhood_density(logits[:2]) == pytest.approx(0.0, abs=1e-12)
+    # three identical predictions: each row uniform over 2 neighbours
+    assert soft_neighborhood_density(np.zeros((3, 4))) == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="at least 2"):
+        soft_neighborhood_density(logits[:1])
+
+
+def test_cross_entropy_per_example_reference():
+    logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    ref = [-math.log(math.exp(1) / (math.exp(1) + math.exp(2) + math.exp(3))), math.log(3)]
+    np.testing.assert_allclose(cross_entropy_per_example(logits, np.array([0, 2])), ref, rtol=1e-12)
+
+
+def test_iwcv_and_dev_hand_computed():
+    losses, w = np.array([1.0, 2.0, 3.0]), np.array([0.5, 1.0, 2.0])
+    weighted = w * losses  # 0.5, 2, 6
+    assert iwcv_risk(losses, w) == pytest.approx(8.5 / 3)
+    mean_l, mean_w = 8.5 / 3, 3.5 / 3
+    cov = sum((a - mean_l) * (b - mean_w) for a, b in zip(weighted, w)) / 2
+    var = sum((b - mean_w) ** 2 for b in w) / 2
+    eta = -cov / var
+    assert dev_risk(losses, w) == pytest.approx(mean_l + eta * mean_w - eta, rel=1e-12)
+    # constant weights: no control variate, DEV == IWCV == weighted mean
+    assert dev_risk(losses, np.full(3, 2.0)) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="same shape"):
+        iwcv_risk(losses, w[:2])
+
+
+def test_density_ratio_weights_follow_the_shift():
+    rng = np.random.default_rng(0)
+    same = density_ratio_weights(rng.normal(size=(200, 3)), rng.normal(size=(200, 3)))
+    assert abs(np.mean(same) - 1.0) < 0.3
+    xs, xt = rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + [1.5, 0.0]
+    w = density_ratio_weights(xs, xt)
+    assert w.shape == (200,) and np.all(w > 0)
+    assert np.corrcoef(w, xs[:, 0])[0, 1] > 0.5  # source points nearer the target get larger weights
+
+
+def test_proxy_a_distance_limits():
+    rng = np.random.default_rng(0)
+    assert proxy_a_distance(rng.normal(size=(100, 4)), rng.normal(size=(100, 4)) + 20.0) == pytest.approx(2.0)
+    assert abs(proxy_a_distance(rng.normal(size=(300, 4)), rng.normal(size=(300, 4)))) < 0.5
+
+
+def test_select_best_respects_direction():
+    recs = [{"selection": {"source_val_accuracy": 0.5, "dev_risk": 1.0}, "id": 0},
+            {"selection": {"source_val_accuracy": 0.7, "dev_risk": 2.0}, "id": 1}]
+    assert select_best(recs, "source_val_accuracy")["id"] == 1
+    assert select_best(recs, "dev_risk")["id"] == 0
+    with pytest.raises(ValueError, match="valid"):
+        select_best(recs, "nope")
+
+
+def test_accuracy_curve_skips_entries_without_the_key():
+    steps, vals = accuracy_curve([{"step": 1, "a": 0.1}, {"step": 2}, {"step": 3, "a": 0.3}], "a")
+    assert steps.tolist() == [1, 3] and vals.tolist() == [0.1, 0.3]

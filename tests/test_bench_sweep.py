@@ -1,0 +1,127 @@
+"""`da bench` sweeps: expansion, resumability after a kill, and `da reproduce` match/mismatch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from da_framework.bench.reproduce import compare_metrics
+from da_framework.bench.sweep import expand_sweep, validate_sweep
+from da_framework.cli import app
+from da_framework.config import ConfigError, ExperimentConfig
+from da_framework.results import make_record, write_json_atomic
+from da_framework.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"model_kwargs": {"channels": (4, 8), "dense": 32}, "bottleneck_dim": 16, "batch_size": 16, "log_every": 2}
+
+
+def _sweep(**extra):
+    return {"name": "t", "base": {"steps": 4, **TINY}, "methods": ["source_only", "dann"],
+            "pairs": [("digits/source", "digits/rotate")], "seeds": [0, 1], **extra}
+
+
+def test_expand_sweep_paths_and_configs(tmp_path):
+    runs = expand_sweep(_sweep(grid={"learning_rate": [1e-3, 1e-2]}, checkpoint_every=2), tmp_path)
+    assert len(runs) == 2 * 2 * 2
+    assert len({r.path for r in runs}) == 8
+    r = runs[-1]
+    assert r.config.method == "dann" and r.config.seed == 1 and r.config.learning_rate == 1e-2
+    assert r.path == tmp_path / "t" / "digits_source__digits_rotate" / "dann" / "learning_rate=0.01" / "seed1.json"
+    assert r.config.checkpoint_every == 2 and ".checkpoints" in r.config.checkpoint_dir
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"methodz": []}, "unknown sweep key"), ({"seeds": []}, "non-empty 'seeds'"),
+    ({"base": {"stepz": 1}}, "unknown config key 'stepz'"), ({"grid": {"seed": [1]}}, "must not set seed"),
+])
+def test_bad_sweeps_name_the_problem(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_sweep({**_sweep(), **bad})
+
+
+def _write_sweep(path: Path) -> Path:
+    sweep = _sweep(checkpoint_every=2)
+    sweep["base"]["steps"] = 12
+    path.write_text(f"def get_sweep():\n    return {sweep!r}\n")
+    return path
+
+
+def _bench(sweep: Path, results: Path) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen([sys.executable, "-m", "da_framework.cli", "bench", str(sweep), "--results-dir", str(results)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _records(results: Path) -> dict[str, dict]:
+    out = {}
+    for p in sorted(results.rglob("*.json")):
+        if ".checkpoints" not in p.parts:
+            r = json.loads(p.read_text())
+            out[str(p.relative_to(results))] = {"metrics": r["metrics"], "selection": r["selection"], "history": r["history"]}
+    return out
+
+
+@pytest.mark.slow
+def test_killed_sweep_restarted_equals_uninterrupted(tmp_path):
+    sweep = _write_sweep(tmp_path / "sweep.py")
+    killed = tmp_path / "killed"
+    proc = _bench(sweep, killed)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(killed.rglob("seed*.json")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "sweep finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # mid-sweep: the second run is in progress
+    proc.wait()
+    done_at_kill = len(list(killed.rglob("seed*.json")))
+    assert 1 <= done_at_kill < 4
+    assert _bench(sweep, killed).wait() == 0  # restart: skips finished runs
+    clean = tmp_path / "clean"
+    assert _bench(sweep, clean).wait() == 0
+    assert len(_records(clean)) == 4
+    assert _records(killed) == _records(clean)
+
+
+def test_compare_metrics_hand_cases():
+    assert compare_metrics({"a": 1.0, "b": [0.5, float("nan")]}, {"a": 1.0, "b": [0.5, float("nan")]}) == []
+    diffs = compare_metrics({"a": 1.0, "b": [0.5]}, {"a": 1.0 + 1e-9, "c": 2})
+    assert diffs == ["a: recorded 1.0, rerun 1.000000001 (diff +1e-09)", "b[0]: only in recorded", "c: only in rerun"]
+    assert compare_metrics({"a": 1.0}, {"a": 1.0 + 1e-9}, atol=1e-6) == []
+
+
+def test_reproduce_detects_match_and_mismatch(tmp_path):
+    """Also the determinism test: the same config and seed give bitwise identical metrics and history."""
+    cfg = ExperimentConfig(method="dann", steps=3, eval_every=2, **TINY)
+    res = train(cfg)
+    path = tmp_path / "run.json"
+    write_json_atomic(path, make_record(cfg, res.metrics, res.history, res.wall_time_s))
+    runner = CliRunner()
+    r = runner.invoke(app, ["reproduce", str(path)])
+    assert r.exit_code == 0 and "MATCH" in r.output and "MISMATCH" not in r.output, r.output
+    rec = json.loads(path.read_text())
+    rec["metrics"]["target_test_accuracy"] += 0.01
+    path.write_text(json.dumps(rec))
+    r = runner.invoke(app, ["reproduce", str(path)])
+    assert r.exit_code == 1 and "MISMATCH" in r.output and "target_test_accuracy" in r.output, r.output
+
+
+def test_bench_vmap_seeds_option_writes_every_seed(tmp_path):
+    sweep = _sweep()
+    sweep["methods"], sweep["base"]["steps"] = ["dan"], 2
+    path = tmp_path / "s.py"
+    path.write_text(f"def get_sweep():\n    return {sweep!r}\n")
+    r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "res"), "--vmap-seeds"])
+    assert r.exit_code == 0, r.output
+    recs = sorted((tmp_path / "res").rglob("seed*.json"))
+    assert [p.name for p in recs] == ["seed0.json", "seed1.json"]
+    rec = json.loads(recs[1].read_text())
+    assert rec["seed"] == 1 and rec["config"]["seed"] == 1 and rec["runner"].startswith("vmap_seeds")
+    assert {"selection", "analysis", "metrics"} <= set(rec)
+    r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "res"), "--vmap-seeds"])
+    assert r.exit_code == 0 and "2 already done" in r.output
