@@ -61,13 +61,13 @@ class ExperimentConfig:
     target: str = "digits/rotate"
     model: str = "lenet"
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    bottleneck_dim: int | None = 128
+    bottleneck_dim: int | None = None
     method: str = "source_only"
-    steps: int = 1000
+    steps: int = 500
     batch_size: int = 64
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    lr_schedule: str = "inv"
     weight_decay: float = 0.0
     grad_clip: float | None = None
     seed: int = 0
