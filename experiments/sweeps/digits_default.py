@@ -37,7 +37,7 @@ def get_sweep() -> dict:
             "log_every": 50,
         },
         "methods": METHODS,
-        "pairs": [("digits/source", "digits/rotate"), ("digits/source", "digits/scale"), ("digits/source", "digits/blur")],
+        "pairs": [("digits/source", "digits/scale"), ("digits/source", "digits/rotate"), ("digits/source", "digits/blur")],
         "seeds": [0, 1, 2],
         "checkpoint_every": 100,
     }
