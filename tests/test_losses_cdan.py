@@ -182,3 +182,13 @@ def _replace(inputs, **kw):
     import dataclasses
 
     return dataclasses.replace(inputs, **kw)
+
+
+def test_bfloat16_and_vmap(fg):
+    f, logits, _ = fg
+    out = conditional_features(jnp.asarray(f, jnp.bfloat16), jnp.asarray(logits, jnp.bfloat16))
+    ref = conditional_features(jnp.asarray(f), jnp.asarray(logits))
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=0.05)
+    w = jax.vmap(entropy_weights)(jnp.stack([jnp.asarray(logits), 2 * jnp.asarray(logits)]))
+    np.testing.assert_allclose(np.asarray(w[0]), np.asarray(entropy_weights(jnp.asarray(logits))), rtol=1e-6)
+    assert np.isfinite(float(entropy_weights(jnp.asarray(logits, jnp.bfloat16)).sum()))

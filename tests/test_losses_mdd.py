@@ -88,3 +88,14 @@ def test_registered_term_reverses_feature_gradient():
     coeff = 0.1 * (2.0 / (1.0 + math.exp(-10.0)) - 1.0)
     np.testing.assert_allclose(np.asarray(g), -coeff * np.asarray(jax.grad(plain)(inputs.source_features)),
                                rtol=1e-4, atol=1e-8)
+
+
+def test_bfloat16_and_batch_order():
+    rng = np.random.default_rng(2)
+    args = [jnp.asarray(rng.normal(size=(5, 3)).astype(np.float32)) for _ in range(4)]
+    ref = float(margin_disparity_discrepancy(*args))
+    out = margin_disparity_discrepancy(*(a.astype(jnp.bfloat16) for a in args))
+    assert out.dtype == jnp.float32 and abs(float(out) - ref) < 0.1
+    perm = np.array([3, 0, 4, 1, 2])
+    shuffled = [args[0][perm], args[1][perm], args[2][perm], args[3][perm]]
+    assert float(margin_disparity_discrepancy(*shuffled)) == pytest.approx(ref, rel=1e-5)

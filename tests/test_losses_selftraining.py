@@ -98,3 +98,13 @@ def test_teacher_in_state_and_step_runs(spec):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  state.extras["teacher_params"], p0)  # the teacher starts as the student
     assert not np.allclose(np.asarray(jax.tree.leaves(p0)[0]), np.asarray(jax.tree.leaves(p1)[0]))
+
+
+def test_bfloat16_and_vmap():
+    rng = np.random.default_rng(3)
+    w, s = (jnp.asarray(rng.normal(size=(2, 6, 4)).astype(np.float32) * 3) for _ in range(2))
+    ref = [float(fixmatch_loss(w[i], s[i], 0.5)) for i in range(2)]
+    np.testing.assert_allclose(np.asarray(jax.vmap(lambda a, b: fixmatch_loss(a, b, 0.5))(w, s)), ref, rtol=1e-5)
+    assert abs(float(fixmatch_loss(w[0].astype(jnp.bfloat16), s[0].astype(jnp.bfloat16), 0.5)) - ref[0]) < 0.1
+    c = float(consistency_loss(w[0].astype(jnp.bfloat16), s[0].astype(jnp.bfloat16)))
+    assert abs(c - float(consistency_loss(w[0], s[0]))) < 0.01

@@ -43,7 +43,9 @@ class AugmentError(ValueError):
 
 def _check_images(images: jax.Array, fn: str) -> None:
     if images.ndim != 4:
-        raise AugmentError(f"{fn}: expected a batch of images (N, H, W, C), got shape {images.shape}; add the batch/channel axes")
+        raise AugmentError(
+            f"{fn}: expected a batch of images (N, H, W, C), got shape {images.shape}; add the batch/channel axes"
+        )
     if images.shape[-1] not in (1, 3):
         raise AugmentError(f"{fn}: expected 1 or 3 channels (channels last), got shape {images.shape}")
 
@@ -108,7 +110,9 @@ def gaussian_noise(key: jax.Array, images: jax.Array, std: float = 0.05, clip: b
     return (jnp.clip(out, 0.0, 1.0) if clip else out).astype(images.dtype)
 
 
-def random_blur(key: jax.Array, images: jax.Array, sigma: tuple[float, float] = (0.1, 1.0), kernel_size: int = 5) -> jax.Array:
+def random_blur(
+    key: jax.Array, images: jax.Array, sigma: tuple[float, float] = (0.1, 1.0), kernel_size: int = 5
+) -> jax.Array:
     """Gaussian blur of each image with sigma uniform in ``sigma`` (dm-pix ``gaussian_blur``)."""
     _check_images(images, "random_blur")
     lo, hi = sigma
@@ -135,7 +139,8 @@ def color_jitter(
         im = pix.adjust_brightness(im, jax.random.uniform(kb, (), minval=-brightness, maxval=brightness))
         im = pix.adjust_contrast(im, jax.random.uniform(kc, (), minval=1 - contrast, maxval=1 + contrast))
         if rgb:
-            im = pix.adjust_saturation(jnp.clip(im, 0, 1), jax.random.uniform(ks, (), minval=1 - saturation, maxval=1 + saturation))
+            factor = jax.random.uniform(ks, (), minval=1 - saturation, maxval=1 + saturation)
+            im = pix.adjust_saturation(jnp.clip(im, 0, 1), factor)
         return jnp.clip(im, 0.0, 1.0)
 
     return _per_example(op, key, images)

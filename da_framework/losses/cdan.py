@@ -19,6 +19,7 @@ each domain (stop-gradient), so that easy-to-transfer examples dominate the alig
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,9 @@ def multilinear_map(features: jax.Array, predictions: jax.Array) -> jax.Array:
     return jnp.reshape(features[:, :, None] * predictions[:, None, :], (n, -1))
 
 
-def random_matrices(key: jax.Array, feature_dim: int, num_classes: int, output_dim: int = 1024) -> tuple[jax.Array, jax.Array]:
+def random_matrices(
+    key: jax.Array, feature_dim: int, num_classes: int, output_dim: int = 1024
+) -> tuple[jax.Array, jax.Array]:
     """The fixed Gaussian matrices (R_f, R_g) of the randomized multilinear map.
 
     Args:
@@ -91,7 +94,8 @@ def randomized_multilinear_map(
         )
     dtype = compute_dtype(features)
     m = r_f.shape[1]
-    return (features.astype(dtype) @ r_f.astype(dtype)) * (predictions.astype(dtype) @ r_g.astype(dtype)) / math.sqrt(m)
+    projected_f = features.astype(dtype) @ r_f.astype(dtype)
+    return projected_f * (predictions.astype(dtype) @ r_g.astype(dtype)) / math.sqrt(m)
 
 
 def entropy_weights(logits: jax.Array) -> jax.Array:
@@ -189,7 +193,7 @@ def _parse_randomized(value: bool | str | None) -> bool | None:
     raise LossError(f"cdan: randomized must be True, False or 'auto', got {value!r}")
 
 
-def _cdan(inputs: LossInputs, entropy: bool, name: str, **hp) -> jax.Array:
+def _cdan(inputs: LossInputs, entropy: bool, name: str, **hp: Any) -> jax.Array:
     if inputs.aux is None:
         raise LossError(f"{name} needs its domain discriminator (aux network); use it through a Method")
     check_feature_pair(inputs.source_features, inputs.target_features, name)
@@ -229,8 +233,8 @@ def cdan_term(
     map_seed: int = 0,
 ) -> jax.Array:
     """CDAN (Eq. 6-7): DANN's loss on multilinear-conditioned, gradient-reversed features."""
-    return _cdan(inputs, False, "cdan", gamma=gamma, max_coeff=max_coeff, randomized=randomized,
-                 threshold=threshold, random_dim=random_dim, map_seed=map_seed)
+    hp = dict(gamma=gamma, max_coeff=max_coeff, randomized=randomized, threshold=threshold, random_dim=random_dim)
+    return _cdan(inputs, False, "cdan", map_seed=map_seed, **hp)
 
 
 @register_loss(
@@ -249,5 +253,5 @@ def cdan_e_term(
     map_seed: int = 0,
 ) -> jax.Array:
     """CDAN+E (Eq. 8): CDAN with per-domain normalised certainty weights."""
-    return _cdan(inputs, True, "cdan_e", gamma=gamma, max_coeff=max_coeff, randomized=randomized,
-                 threshold=threshold, random_dim=random_dim, map_seed=map_seed)
+    hp = dict(gamma=gamma, max_coeff=max_coeff, randomized=randomized, threshold=threshold, random_dim=random_dim)
+    return _cdan(inputs, True, "cdan_e", map_seed=map_seed, **hp)

@@ -80,5 +80,6 @@ def fixmatch_term(
         weak_logits = inputs.target_logits
     else:
         weak_logits = inputs.apply_model(inputs.params, weak_augment(k_weak, x, pad=pad, flip=flip))[0]
-    strong_logits = inputs.apply_model(inputs.params, strong_augment(k_strong, x, num_ops=num_ops, magnitude=magnitude))[0]
+    strong_view = strong_augment(k_strong, x, num_ops=num_ops, magnitude=magnitude)
+    strong_logits = inputs.apply_model(inputs.params, strong_view)[0]
     return fixmatch_loss(weak_logits, strong_logits, threshold)

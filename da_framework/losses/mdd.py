@@ -70,7 +70,8 @@ def margin_disparity_discrepancy(
     dtype = compute_dtype(source_adv_logits)
     pred_s = jnp.argmax(jax.lax.stop_gradient(source_logits), axis=-1)
     pred_t = jnp.argmax(jax.lax.stop_gradient(target_logits), axis=-1)
-    source_disparity = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(source_adv_logits.astype(dtype), pred_s))
+    source_ce = optax.softmax_cross_entropy_with_integer_labels(source_adv_logits.astype(dtype), pred_s)
+    source_disparity = jnp.mean(source_ce)
     p_t = jnp.take_along_axis(jax.nn.softmax(target_adv_logits.astype(dtype), axis=-1), pred_t[:, None], axis=-1)[:, 0]
     target_disparity = jnp.mean(jnp.log(jnp.clip(1.0 - p_t + eps, max=1.0)))
     return margin * source_disparity - target_disparity

@@ -107,9 +107,8 @@ def make_mcd_step(
 
     def forward(params: Any, model_state: Any, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
         mutable = list(model_state)
-        out = model.apply(
-            {"params": params, **model_state}, x, train=True, rngs={"dropout": key}, mutable=mutable if mutable else False
-        )
+        variables = {"params": params, **model_state}
+        out = model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=mutable if mutable else False)
         (logits, feats), new_state = out if mutable else (out, {})
         return logits, feats, dict(new_state) if mutable else model_state
 
@@ -191,7 +190,7 @@ def make_mcd_step(
             params=params,
             model_state=model_state,
             opt_state=opt_state,
-            extras=method.update_extras(state.extras, params["model"], jnp.minimum((state.step + 1) / total_steps, 1.0)),
+            extras=method.update_extras(state.extras, params["model"], jnp.minimum((state.step + 1) / total_steps, 1)),
         )
         metrics = {
             "loss": total_a,
