@@ -33,7 +33,7 @@ from da_framework.train.evaluate import evaluate, make_predict_fn
 from da_framework.train.method import parse_method
 from da_framework.train.parallel import make_mesh, replicate, shard_batch
 from da_framework.train.state import TrainState, init_train_state
-from da_framework.train.step import make_train_step
+from da_framework.train.step import step_builder
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -141,7 +141,7 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
             s_batch, t_batch = next(src_it), next(tgt_it)
 
     traces = [0]
-    raw_step = make_train_step(model, method, tx, config.steps, input_key=x_key)
+    raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key)
 
     def counted_step(*args: Any) -> Any:
         traces[0] += 1  # runs at trace time only: counts compilations

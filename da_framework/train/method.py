@@ -75,6 +75,12 @@ PRESETS: dict[str, str] = {
     "swd": "cross_entropy + 1.0*swd",
     "l2sp": "cross_entropy + 1.0*l2sp",
     "bss": "cross_entropy + 0.001*bss",
+    "cdan": "cross_entropy + 1.0*cdan",
+    "cdan_e": "cross_entropy + 1.0*cdan_e",
+    "mdd": "cross_entropy + 1.0*mdd",
+    "fixmatch": "cross_entropy + 1.0*fixmatch",
+    "mean_teacher": "cross_entropy + 10.0*mean_teacher@dann_ramp",
+    "mcd": "cross_entropy + 1.0*mcd",
 }
 PRESETS["mmd"] = PRESETS["dan"]
 

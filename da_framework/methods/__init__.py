@@ -1,0 +1,1 @@
+"""Methods that need their own training step (registered with ``register_step_builder``)."""

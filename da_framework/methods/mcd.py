@@ -1,0 +1,208 @@
+"""The MCD training step: three sub-steps per batch in one jitted pure function.
+
+Saito et al., "Maximum Classifier Discrepancy for Unsupervised Domain Adaptation", CVPR 2018,
+Sec. 3.2.  With G the generator (every model parameter except ``head``), F1 the model's
+``head`` and F2 the ``mcd`` term's auxiliary head:
+
+* Step A: minimise the method's loss (source CE of F1 and, through the ``mcd`` term, of F2)
+  over G, F1, F2;
+* Step B: minimise  L_s - w * d(F1(G(x_t)), F2(G(x_t)))  over F1, F2 (G frozen);
+* Step C: minimise  w * d(F1(G(x_t)), F2(G(x_t)))  over G (F1, F2 frozen), ``num_k`` times.
+
+Every sub-step leaves the frozen parameters bit-identical and their optimiser slots
+untouched, as with the paper's two optimisers; the optimiser's step counter (and so the
+learning-rate schedule) advances once per training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from da_framework.losses.mcd import classifier_discrepancy
+from da_framework.losses.registry import LossError, LossInputs, get_loss
+from da_framework.models.classifier import Classifier
+from da_framework.train.method import Method
+from da_framework.train.state import TrainState
+from da_framework.train.step import Metrics, TrainStep, register_step_builder
+
+TERM = "mcd"
+
+
+def classifier_mask(params: Mapping[str, Any]) -> Any:
+    """Boolean tree over ``{"model", "aux"}`` params: True for F1 (``model/head``) and F2 (``aux/mcd``)."""
+    model = {k: jax.tree.map(lambda _: k == "head", v) for k, v in params["model"].items()}
+    aux = {k: jax.tree.map(lambda _: k == TERM, v) for k, v in params["aux"].items()}
+    return {"model": model, "aux": aux}
+
+
+def _opt_slot_flags(opt_state: Any, params: Any, mask: Any, counters: bool) -> Any:
+    """Per optimiser-state leaf: keep its new value? (its parameter's mask, or ``counters`` for non-slots).
+
+    A leaf is the slot of a parameter when the parameter's path is a suffix of the leaf's
+    path (``trace/model/head/kernel`` for SGD momentum, ``mu/...``, ``nu/...`` for Adam).
+    """
+    trainable = {
+        tuple(path): m for (path, _), m in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(mask))
+    }
+
+    def flag(path: tuple[Any, ...], _: Any) -> bool:
+        for i in range(len(path)):
+            if tuple(path[i:]) in trainable:
+                return trainable[tuple(path[i:])]
+        return counters
+
+    return jax.tree_util.tree_map_with_path(flag, opt_state)
+
+
+def masked_update(
+    tx: optax.GradientTransformation,
+    grads: Any,
+    opt_state: Any,
+    params: Any,
+    mask: Any,
+    advance_counters: bool,
+) -> tuple[Any, Any]:
+    """One optimiser update of the parameters where ``mask`` is True; the rest stay bit-identical.
+
+    Frozen parameters keep their optimiser slots (momentum, Adam moments); counters (the
+    schedule's step count) advance only when ``advance_counters``.
+
+    Returns:
+      (new params, new optimiser state).
+    """
+    grads = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, mask)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = jax.tree.map(lambda p, u, m: (p + u).astype(p.dtype) if m else p, params, updates, mask)
+    keep_new = _opt_slot_flags(opt_state, params, mask, advance_counters)
+    new_opt = jax.tree.map(lambda k, new, old: new if k else old, keep_new, new_opt, opt_state)
+    return new_params, new_opt
+
+
+def make_mcd_step(
+    model: Classifier,
+    method: Method,
+    tx: optax.GradientTransformation,
+    total_steps: int,
+    input_key: str = "image",
+) -> TrainStep:
+    """Builds MCD's step ``(state, source_batch, target_batch, key) -> (state, metrics)``.
+
+    Same signature and contract as :func:`da_framework.train.step.make_train_step`; the
+    method must contain the ``mcd`` term (whose hyper-parameters ``num_k`` and
+    ``discrepancy_weight`` set the schedule).
+    """
+    terms = [t for t in method.terms if t.loss == TERM]
+    if not terms:
+        raise LossError(f"make_mcd_step: method {method.name!r} has no 'mcd' term; write e.g. 'cross_entropy + mcd'")
+    hp = {**get_loss(TERM).hparams, **dict(terms[0].hparams)}
+    num_k, weight = int(hp["num_k"]), float(hp["discrepancy_weight"])
+    if num_k < 1:
+        raise LossError(f"mcd: num_k must be >= 1, got {num_k}")
+    head2 = method.aux_modules()[TERM]
+
+    def forward(params: Any, model_state: Any, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
+        mutable = list(model_state)
+        variables = {"params": params, **model_state}
+        out = model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=mutable if mutable else False)
+        (logits, feats), new_state = out if mutable else (out, {})
+        return logits, feats, dict(new_state) if mutable else model_state
+
+    def discrepancy(params: Any, model_state: Any, xt: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
+        logits, feats, new_state = forward(params["model"], model_state, xt, key)
+        logits2 = head2.apply({"params": params["aux"][TERM]}, (feats, logits))
+        return classifier_discrepancy(logits, logits2), new_state
+
+    def source_loss(params, state, source_batch, target_batch, key, progress):
+        """The method's loss (source CE of both heads) and, on the same pass, the target discrepancy."""
+        k_model, k_loss = jax.random.split(key)
+        xs, xt = source_batch[input_key], target_batch[input_key]
+        n_s = xs.shape[0]
+        logits, feats, new_state = forward(params["model"], state.model_state, jnp.concatenate([xs, xt]), k_model)
+        inputs = LossInputs(
+            source_features=feats[:n_s],
+            target_features=feats[n_s:],
+            source_logits=logits[:n_s],
+            target_logits=logits[n_s:],
+            source_labels=source_batch["label"],
+            progress=progress,
+            key=k_loss,
+            source_inputs=xs,
+            target_inputs=xt,
+            params=params["model"],
+            extras=state.extras,
+        )
+        total, parts = method.loss(params["aux"], inputs)
+        logits2_t = head2.apply({"params": params["aux"][TERM]}, (feats[n_s:], logits[n_s:]))
+        disc = classifier_discrepancy(logits[n_s:], logits2_t)
+        accuracy = jnp.mean(jnp.argmax(logits[:n_s], -1) == source_batch["label"])
+        return total, (disc, parts, new_state, accuracy)
+
+    def step(
+        state: TrainState,
+        source_batch: Mapping[str, jax.Array],
+        target_batch: Mapping[str, jax.Array],
+        key: jax.Array,
+    ) -> tuple[TrainState, Metrics]:
+        progress = jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0)
+        k_a, k_b, k_c = jax.random.split(key, 3)
+        f_mask = classifier_mask(state.params)
+        g_mask = jax.tree.map(lambda m: not m, f_mask)  # static Python bools
+        all_mask = jax.tree.map(lambda _: True, f_mask)
+        params, opt_state = state.params, state.opt_state
+
+        # Step A: G, F1, F2 on the source loss.
+        (total_a, (_, parts, model_state, accuracy)), grads = jax.value_and_grad(source_loss, has_aux=True)(
+            params, state, source_batch, target_batch, k_a, progress
+        )
+        grad_norm_a = optax.global_norm(grads)
+        params, opt_state = masked_update(tx, grads, opt_state, params, all_mask, advance_counters=True)
+        state_a = state.replace(model_state=model_state)
+
+        # Step B: F1, F2 maximise the target discrepancy, keeping the source loss.
+        def loss_b(p):
+            total, (disc, _, new_state, _) = source_loss(p, state_a, source_batch, target_batch, k_b, progress)
+            return total - weight * disc, (disc, new_state)
+
+        (_, (disc_b, model_state)), grads = jax.value_and_grad(loss_b, has_aux=True)(params)
+        params, opt_state = masked_update(tx, grads, opt_state, params, f_mask, advance_counters=False)
+
+        # Step C: G minimises it, num_k times.
+        def loss_c(p, ms, k):
+            disc, new_state = discrepancy(p, ms, target_batch[input_key], k)
+            return weight * disc, (disc, new_state)
+
+        def body(carry, k):
+            p, o, ms = carry
+            (_, (disc, ms)), g = jax.value_and_grad(loss_c, has_aux=True)(p, ms, k)
+            p, o = masked_update(tx, g, o, p, g_mask, advance_counters=False)
+            return (p, o, ms), disc
+
+        (params, opt_state, model_state), disc_c = jax.lax.scan(
+            body, (params, opt_state, model_state), jax.random.split(k_c, num_k)
+        )
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            model_state=model_state,
+            opt_state=opt_state,
+            extras=method.update_extras(state.extras, params["model"], jnp.minimum((state.step + 1) / total_steps, 1)),
+        )
+        metrics = {
+            "loss": total_a,
+            "source_train_accuracy": accuracy,
+            "grad_norm": grad_norm_a,
+            "loss/mcd_discrepancy_b": disc_b,
+            "loss/mcd_discrepancy_c": disc_c[-1],
+        }
+        metrics.update({f"loss/{k}": v for k, v in parts.items()})
+        return new_state, metrics
+
+    return step
+
+
+register_step_builder(TERM, make_mcd_step)
