@@ -23,6 +23,12 @@ METHODS = [
     "shot_im",
     "l2sp",
     "bss",
+    "cdan",
+    "cdan_e",
+    "mdd",
+    "mcd",
+    "fixmatch",
+    "mean_teacher",
 ]
 
 
