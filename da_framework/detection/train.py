@@ -20,6 +20,7 @@ Augmentation (inside the step, from its key): random horizontal flips of images 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -123,6 +124,12 @@ def make_optimizer(learning_rate: float, steps: int, weight_decay: float = 1e-4)
     return optax.chain(optax.clip_by_global_norm(10.0), optax.adamw(schedule, weight_decay=weight_decay))
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_step(model: CenterPointDetector, learning_rate: float, steps: int, grid: int, align_weight: float) -> Callable:
+    """The jitted step for these settings, built once (so repeated fits compile once)."""
+    return jax.jit(make_detection_step(model, make_optimizer(learning_rate, steps), grid, align_weight))
+
+
 def fit(
     model: CenterPointDetector,
     train: ArraySource,
@@ -161,7 +168,7 @@ def fit(
     tx = make_optimizer(learning_rate, steps)
     state = init_state(params, tx)
     bs = min(batch_size, len(train))
-    step = jax.jit(make_detection_step(model, tx, grid_size(model, params, shape), align_weight))  # type: ignore[arg-type]
+    step = _jitted_step(model, learning_rate, steps, grid_size(model, params, shape), align_weight)  # type: ignore[arg-type]
     fields = ("image", "boxes", "box_mask")
     batches = batch_iterator(train, bs, seed, fields=fields)
     if align_weight > 0:
