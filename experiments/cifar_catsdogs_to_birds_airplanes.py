@@ -109,5 +109,6 @@ def run(results_dir: Path, seeds: list[int], steps: int | None, data_dir: str | 
     for name in ("scratch", "finetune"):
         accs = [r["target_test_accuracy"] for r in rows if r["method"] == name]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        table.append({"method": name, "seeds": len(accs), "target test acc": f"{statistics.mean(accs):.3f} ± {std:.3f}"})
+        mean = statistics.mean(accs)
+        table.append({"method": name, "seeds": len(accs), "target test acc": f"{mean:.3f} ± {std:.3f}"})
     return table

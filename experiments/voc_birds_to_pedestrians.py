@@ -63,7 +63,8 @@ def load_pair(data_dir: str | None = None) -> tuple[str, object, object]:
         from da_framework.detection.voc import voc_detection_domain
 
         try:
-            return "voc/2007", voc_detection_domain("bird", data_dir=data_dir), voc_detection_domain("person", data_dir=data_dir)
+            bird = voc_detection_domain("bird", data_dir=data_dir)
+            return "voc/2007", bird, voc_detection_domain("person", data_dir=data_dir)
         except DatasetNotPreparedError:
             if choice == "voc":
                 raise

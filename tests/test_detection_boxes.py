@@ -67,7 +67,8 @@ def test_iou_rejects_bad_shapes():
 def test_encode_hand_worked():
     # One box on an 8x8 grid: rows 0.25..0.75 (cells 2..6), cols 0.0..0.25 (cells 0..2):
     # centre (4.0, 1.0) -> cell (4, 1), offset (0, 0); size 4 x 2 cells.
-    t = encode_centers(jnp.array([[0.25, 0.0, 0.75, 0.25], [0, 0, 0, 0]]), jnp.array([1, 0]), jnp.array([True, False]), 8, 2)
+    boxes = jnp.array([[0.25, 0.0, 0.75, 0.25], [0, 0, 0, 0]])
+    t = encode_centers(boxes, jnp.array([1, 0]), jnp.array([True, False]), 8, 2)
     assert t.heatmap.shape == (8, 8, 2)
     assert float(t.heatmap[4, 1, 1]) == 1.0 and float(t.heatmap[..., 0].max()) == 0.0
     assert float(t.mask.sum()) == 1.0 and float(t.mask[4, 1]) == 1.0

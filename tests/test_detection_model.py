@@ -33,14 +33,15 @@ def test_focal_loss_matches_numpy():
     logits = rng.normal(size=(2, 5, 5, 1)).astype(np.float32) * 3
     target = rng.uniform(size=(2, 5, 5, 1)).astype(np.float32)
     target[0, 2, 2, 0] = target[1, 0, 4, 0] = 1.0
-    np.testing.assert_allclose(focal_loss(jnp.asarray(logits), jnp.asarray(target)), np_focal(logits, target), rtol=1e-5)
+    got = focal_loss(jnp.asarray(logits), jnp.asarray(target))
+    np.testing.assert_allclose(got, np_focal(logits, target), rtol=1e-5)
 
 
 def test_model_shapes_and_errors():
     model = make_detector(num_classes=2, **TINY)
     params = init_detector(jax.random.PRNGKey(0), model, (64, 64, 3))
     out, feats = model.apply({"params": params}, jnp.zeros((3, 64, 64, 3)))
-    assert out.heatmap.shape == (3, 16, 16, 2) and out.offset.shape == (3, 16, 16, 2) and out.log_size.shape == (3, 16, 16, 2)
+    assert out.heatmap.shape == out.offset.shape == out.log_size.shape == (3, 16, 16, 2)
     assert feats.shape == (3, 32) and grid_size(model, params, (64, 64, 3)) == 16
     # heatmap starts at the 0.1 prior
     np.testing.assert_allclose(jax.nn.sigmoid(out.heatmap).mean(), 0.1, atol=0.05)
@@ -103,7 +104,8 @@ def test_fit_and_evaluate_run(data):
     params = fit(model, peds, steps=3, seed=0, batch_size=4)
     ap = evaluate_ap(model, params, peds)
     assert 0.0 <= ap["ap50"] <= 1.0 and 0.0 <= ap["ap50_voc07"] <= 1.0
-    tuned = fit(model, peds, steps=2, seed=0, batch_size=4, init_params=params, align_weight=1.0, align_source=birds, align_target=peds)
+    align = {"align_weight": 1.0, "align_source": birds, "align_target": peds}
+    tuned = fit(model, peds, steps=2, seed=0, batch_size=4, init_params=params, **align)
     assert jax.tree.structure(tuned) == jax.tree.structure(params)
     with pytest.raises(ValueError, match="align_source"):
         fit(model, peds, steps=1, seed=0, align_weight=1.0)

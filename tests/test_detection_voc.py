@@ -53,7 +53,9 @@ def test_domain_on_tfds_mock_data(year):
     with tfds.testing.mock_data(num_examples=24):
         for category in ("bird", "person"):
             label = 2 if category == "bird" else 14
-            d = voc_detection_domain(category, year, data_dir="/nonexistent", image_size=32, max_boxes=5, in_memory=False)
+            d = voc_detection_domain(
+                category, year, data_dir="/nonexistent", image_size=32, max_boxes=5, in_memory=False
+            )
             for split in ("train", "test"):
                 src = d.splits[split]
                 assert len(src) > 0

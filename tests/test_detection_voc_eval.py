@@ -30,7 +30,9 @@ def gt(boxes, labels=None, difficult=None):
 
 def det(boxes, scores, labels=None):
     return ImageDetections(
-        np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores), np.asarray(labels if labels is not None else [0] * len(scores))
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(scores),
+        np.asarray(labels if labels is not None else [0] * len(scores)),
     )
 
 

@@ -21,7 +21,9 @@ from da_framework.data.domain import ArraySource, DomainError, RandomAccessSourc
 OTHER = 2  # label of the negative class in a task
 
 
-def task_indices(labels: np.ndarray, positives: Sequence[int], seed: int, num_negatives: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def task_indices(
+    labels: np.ndarray, positives: Sequence[int], seed: int, num_negatives: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Picks a balanced 3-way task from integer ``labels``.
 
     Args:

@@ -81,7 +81,9 @@ def _preprocess(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.stack([preprocess_image(im, size, channels) for im in images]).astype(np.float32)
 
 
-def local_digit_domain(name: str, dataset: str, data_dir: str | None, input_shape: tuple[int, int, int], description: str) -> Domain:
+def local_digit_domain(
+    name: str, dataset: str, data_dir: str | None, input_shape: tuple[int, int, int], description: str
+) -> Domain:
     """A 10-class digit domain from a local ``.npz`` (splits: train 90% / val 10% / test)."""
     arrays = load_arrays(dataset, data_dir)
     size, _, channels = input_shape
@@ -114,7 +116,9 @@ def usps32rgb(data_dir: str | None = None) -> Domain:
     return local_digit_domain("usps32rgb", "usps", data_dir, (32, 32, 3), "USPS 32x32x3")
 
 
-@register_domain("mnistm32", description="MNIST-M (local npz) resized to 32x32x3 (pairs with mnist32rgb)", needs_download=True)
+@register_domain(
+    "mnistm32", description="MNIST-M (local npz) resized to 32x32x3 (pairs with mnist32rgb)", needs_download=True
+)
 def mnistm32(data_dir: str | None = None) -> Domain:
     """MNIST-M resized 28 -> 32 px: float32 (32, 32, 3) in [0, 1]."""
     return local_digit_domain("mnistm32", "mnist_m", data_dir, (32, 32, 3), "MNIST-M 32x32x3")

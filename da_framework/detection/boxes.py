@@ -197,7 +197,9 @@ class NmsResult(NamedTuple):
     valid: jax.Array
 
 
-def _greedy_nms(iou: jax.Array, scores: jax.Array, score_valid: jax.Array, iou_threshold: float, max_output: int) -> NmsResult:
+def _greedy_nms(
+    iou: jax.Array, scores: jax.Array, score_valid: jax.Array, iou_threshold: float, max_output: int
+) -> NmsResult:
     n = scores.shape[0]
     order = jnp.argsort(-jnp.where(score_valid, scores, -jnp.inf), stable=True)
     iou_sorted = iou[order][:, order]

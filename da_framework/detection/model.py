@@ -65,7 +65,10 @@ class CenterPointDetector(nn.Module):
         """Returns ``(HeadOutputs, pooled backbone features (B, D))`` for images ``x``."""
         fmap = self.backbone(x, train=train)
         if fmap.ndim != 4:
-            raise DetectorError(f"the detector backbone must return a (B, G, G, D) feature map, got shape {fmap.shape}; use ResNet(pool=False)")
+            raise DetectorError(
+                f"the detector backbone must return a (B, G, G, D) feature map, got shape {fmap.shape}; "
+                "use ResNet(pool=False)"
+            )
 
         def branch(out: int, name: str, bias: float = 0.0) -> jax.Array:
             y = nn.relu(nn.Conv(self.head_channels, (3, 3), padding="SAME", name=f"{name}_hidden")(fmap))
@@ -85,7 +88,9 @@ BACKBONES = {
 }
 
 
-def make_detector(backbone: str = "resnet8", num_classes: int = 1, head_channels: int = 64, **backbone_kwargs: Any) -> CenterPointDetector:
+def make_detector(
+    backbone: str = "resnet8", num_classes: int = 1, head_channels: int = 64, **backbone_kwargs: Any
+) -> CenterPointDetector:
     """A :class:`CenterPointDetector` on a zoo ResNet returning its feature map.
 
     The backbone is :class:`~da_framework.models.resnet.ResNet` with ``pool=False`` and
@@ -105,7 +110,9 @@ def make_detector(backbone: str = "resnet8", num_classes: int = 1, head_channels
     return CenterPointDetector(backbone=net, num_classes=num_classes, head_channels=head_channels)
 
 
-def encode_batch(boxes: jax.Array, labels: jax.Array, box_mask: jax.Array, grid_size: int, num_classes: int) -> CenterTargets:
+def encode_batch(
+    boxes: jax.Array, labels: jax.Array, box_mask: jax.Array, grid_size: int, num_classes: int
+) -> CenterTargets:
     """:func:`~da_framework.detection.boxes.encode_centers` over a batch (B, n, ...)."""
     return jax.vmap(lambda b, l, m: encode_centers(b, l, m, grid_size, num_classes))(boxes, labels, box_mask)
 

@@ -214,7 +214,9 @@ def synthetic_bird(data_dir: str | None = None) -> Domain:
     return synthetic_detection_domain("bird")
 
 
-@register_domain("synthetic_det/pedestrian", description="synthetic 64x64 detection: pedestrian-like tall objects + boxes")
+@register_domain(
+    "synthetic_det/pedestrian", description="synthetic 64x64 detection: pedestrian-like tall objects + boxes"
+)
 def synthetic_pedestrian(data_dir: str | None = None) -> Domain:
     """Synthetic detection target domain (pedestrian-like objects); ``data_dir`` is unused."""
     del data_dir

@@ -125,7 +125,9 @@ def make_optimizer(learning_rate: float, steps: int, weight_decay: float = 1e-4)
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_step(model: CenterPointDetector, learning_rate: float, steps: int, grid: int, align_weight: float) -> Callable:
+def _jitted_step(
+    model: CenterPointDetector, learning_rate: float, steps: int, grid: int, align_weight: float
+) -> Callable:
     """The jitted step for these settings, built once (so repeated fits compile once)."""
     return jax.jit(make_detection_step(model, make_optimizer(learning_rate, steps), grid, align_weight))
 
@@ -168,7 +170,8 @@ def fit(
     tx = make_optimizer(learning_rate, steps)
     state = init_state(params, tx)
     bs = min(batch_size, len(train))
-    step = _jitted_step(model, learning_rate, steps, grid_size(model, params, shape), align_weight)  # type: ignore[arg-type]
+    grid = grid_size(model, params, shape)  # type: ignore[arg-type]
+    step = _jitted_step(model, learning_rate, steps, grid, align_weight)
     fields = ("image", "boxes", "box_mask")
     batches = batch_iterator(train, bs, seed, fields=fields)
     if align_weight > 0:
@@ -186,7 +189,9 @@ def fit(
     return state.params
 
 
-def predict(model: CenterPointDetector, params: Any, images: np.ndarray, top_k: int = 20, batch_size: int = 128) -> list[ImageDetections]:
+def predict(
+    model: CenterPointDetector, params: Any, images: np.ndarray, top_k: int = 20, batch_size: int = 128
+) -> list[ImageDetections]:
     """The ``top_k`` detections of each image (class ids, scores in [0, 1])."""
 
     @jax.jit

@@ -69,7 +69,9 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, float]:
     return out, nh / size, nw / size
 
 
-def voc_detection_record(record: Record, label_id: int, image_size: int, max_boxes: int, use_letterbox: bool = True) -> Record:
+def voc_detection_record(
+    record: Record, label_id: int, image_size: int, max_boxes: int, use_letterbox: bool = True
+) -> Record:
     """Preprocesses a raw tfds VOC record for the category ``label_id``.
 
     Returns:

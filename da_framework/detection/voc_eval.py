@@ -112,7 +112,9 @@ def match_class(
         boxes = np.asarray(g.boxes, np.float64).reshape(-1, 4)
         difficult = np.asarray(g.difficult, bool).reshape(-1)
         if not len(labels) == len(boxes) == len(difficult):
-            raise EvalError(f"ground truth has {len(boxes)} boxes, {len(labels)} labels, {len(difficult)} difficult flags")
+            raise EvalError(
+                f"ground truth has {len(boxes)} boxes, {len(labels)} labels, {len(difficult)} difficult flags"
+            )
         sel = labels == class_id
         gts.append((boxes[sel], difficult[sel]))
         npos += int(np.sum(~difficult[sel]))
