@@ -51,3 +51,12 @@ def test_tiny_run(exp, monkeypatch, tmp_path, capsys):
     assert "dataset = synthetic" in capsys.readouterr().out
     assert len(rows) == 6 and {r["method"] for r in rows} == {"scratch", "finetune", "finetune+align"}
     assert (tmp_path / "voc_birds_to_pedestrians.json").exists()
+
+
+def test_voc_chosen_when_prepared(exp, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setenv("DA_DETECTION_SET", "voc")
+    with tfds.testing.mock_data(num_examples=24):
+        name, source, target = exp.load_pair()
+    assert name == "voc/2007" and source.name == "voc2007_det/bird" and target.name == "voc2007_det/person"
+    assert target.splits["train"].arrays["image"].shape[1:] == (64, 64, 3)
