@@ -74,6 +74,8 @@ class ResNet(nn.Module):
       width: filters of the first stage (doubled at every later stage).
       imagenet_stem: 7x7/2 conv + 3x3/2 max-pool (ImageNet) instead of one 3x3 conv (CIFAR).
       norm: ``"batch"`` or ``"group"``.
+      pool: average-pool globally (default); False returns the last feature map
+        (batch, H / stride, W / stride, channels), e.g. for a detection head.
     """
 
     stage_sizes: Sequence[int]
@@ -81,10 +83,11 @@ class ResNet(nn.Module):
     width: int = 16
     imagenet_stem: bool = False
     norm: str = "batch"
+    pool: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Maps images (batch, H, W, C) to features (batch, channels)."""
+        """Maps images (batch, H, W, C) to features (batch, channels) (see ``pool``)."""
         if self.imagenet_stem:
             x = nn.Conv(self.width, (7, 7), 2, padding=[(3, 3), (3, 3)], use_bias=False)(x)
             x = nn.relu(_norm(self.norm, train)(x))
@@ -96,7 +99,7 @@ class ResNet(nn.Module):
             for b in range(n_blocks):
                 strides = 2 if stage > 0 and b == 0 else 1
                 x = self.block(self.width * 2**stage, strides, self.norm)(x, train=train)
-        return jnp.mean(x, axis=(1, 2))
+        return jnp.mean(x, axis=(1, 2)) if self.pool else x
 
 
 ResNet8 = functools.partial(ResNet, stage_sizes=(1, 1, 1), width=16)
