@@ -107,3 +107,29 @@ def accuracy(
 
     preds = [np.asarray(predict(variables["params"], jnp.asarray(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
     return float(np.mean(np.concatenate(preds) == np.asarray(y)))
+
+
+def split_arrays(domain: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(inputs, labels)`` of an in-memory domain split (an ``ArraySource``)."""
+    source = domain.split(split)
+    arrays = getattr(source, "arrays", None)
+    if arrays is None:
+        from da_framework.data.catalog import iterate_records
+
+        records = list(iterate_records(source))
+        return np.stack([r[domain.input_key] for r in records]), np.asarray([r["label"] for r in records], np.int32)
+    return np.asarray(arrays[domain.input_key]), np.asarray(arrays["label"], np.int32)
+
+
+def few_labels(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Indices of ``per_class`` examples of every class (all of a class if it has fewer; None: all).
+
+    The choice is a deterministic function of ``seed``; indices are returned sorted.
+    """
+    if per_class is None:
+        return np.arange(len(labels))
+    if per_class <= 0:
+        raise TransferError(f"per_class must be positive or None, got {per_class}")
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
