@@ -71,4 +71,4 @@ def get_domain(name: str, data_dir: str | None = None) -> Domain:
 
 def _load_builtin_domains() -> None:
     # Importing the modules runs their @register_domain decorators (once).
-    from da_framework.data import catalog, digits  # noqa: F401
+    from da_framework.data import catalog, digits, text_synthetic  # noqa: F401
