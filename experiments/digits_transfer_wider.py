@@ -13,7 +13,9 @@
    * ``scratch``: the wider model from a random initialisation;
    * ``transfer``: transferred convolutions, all layers trained, the transferred ones at
      0.1x the learning rate (layer-wise rates);
-   * ``transfer_frozen``: transferred convolutions frozen (feature extraction).
+   * ``transfer_frozen``: transferred convolutions frozen (feature extraction);
+   * ``transfer_widened``: convolutions copied and the source's 256-unit dense layer copied
+     into the first 256 of the 512 units (``widen=True``); every layer trained at the full rate.
 
 Reported: accuracy on the ``digits/rotate`` test split (179 images).
 Run: ``da run digits_transfer_wider --seeds 3``.
@@ -30,7 +32,7 @@ TARGET_BOTTLENECK = 128
 SOURCE_STEPS = 600
 FINETUNE_STEPS = 300
 LABELS_PER_CLASS = (2, 5, 10, None)  # None: every labelled target training image
-VARIANTS = ("scratch", "transfer", "transfer_frozen")
+VARIANTS = ("scratch", "transfer", "transfer_frozen", "transfer_widened")
 LR = 1e-3
 
 
@@ -88,9 +90,9 @@ def finetune_target(
     params = model.init(jax.random.key(30_000 + seed), x[:2])["params"]
     info: dict[str, Any] = {"labelled": len(idx)}
     if variant != "scratch":
-        params, report = transfer_params(source_params, params, include=r"^backbone/")
+        params, report = transfer_params(source_params, params, include=r"^backbone/", widen=variant == "transfer_widened")
         info["transfer"] = report.summary()
-    if variant == "scratch":
+    if variant in ("scratch", "transfer_widened"):
         tx = optax.adam(LR)
     elif variant == "transfer":
         tx = discriminative_lr(optax.adam, params, [(r"^backbone/Conv_", 0.1)], base_lr=LR)

@@ -93,3 +93,16 @@ def test_orbax_round_trip(tmp_path, lenets):
         save_model(path, {"params": src})
     with pytest.raises(Exception, match="no saved model"):
         restore_model(tmp_path / "nothing")
+
+
+def test_widen_copies_leading_block(lenets):
+    src, tgt = lenets
+    new, report = transfer_params(src, tgt, include=r"^backbone/", widen=True)
+    assert report.copied_partial == ["backbone/Dense_0/bias", "backbone/Dense_0/kernel"]
+    k_new, k_src, k_tgt = (np.asarray(t["backbone"]["Dense_0"]["kernel"]) for t in (new, src, tgt))
+    np.testing.assert_array_equal(k_new[:, :32], k_src)  # (128, 32) into (128, 64)
+    np.testing.assert_array_equal(k_new[:, 32:], k_tgt[:, 32:])
+    assert "partially copied 2" in report.summary()
+    # a source wider than the target is still a mismatch
+    _, back = transfer_params(tgt, src, include=r"^backbone/", widen=True)
+    assert "backbone/Dense_0/kernel" in back.shape_mismatch

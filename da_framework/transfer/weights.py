@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Params = Mapping[str, Any]
-Status = Literal["copied", "missing", "shape_mismatch", "excluded"]
+Status = Literal["copied", "copied_partial", "missing", "shape_mismatch", "excluded"]
 Rename = Mapping[str, str] | Sequence[tuple[str, str]] | None
 PathFilter = str | Sequence[str] | None
 
@@ -46,8 +46,9 @@ class TransferEntry:
       target_path: ``/``-joined path of the leaf in the target tree.
       source_path: the source leaf it was matched with (its original, un-renamed path),
         or None when no source leaf maps to ``target_path``.
-      status: ``"copied"``, ``"missing"`` (no source leaf), ``"shape_mismatch"`` or
-        ``"excluded"`` (filtered out by ``include``/``exclude``).
+      status: ``"copied"``, ``"copied_partial"`` (a smaller source leaf copied into the
+        leading block of a wider target leaf, see ``widen``), ``"missing"`` (no source
+        leaf), ``"shape_mismatch"`` or ``"excluded"`` (filtered out by ``include``/``exclude``).
       target_shape: shape of the target leaf.
       source_shape: shape of the matched source leaf, or None.
     """
@@ -81,6 +82,11 @@ class TransferReport:
         return self.paths("copied")
 
     @property
+    def copied_partial(self) -> list[str]:
+        """Target paths that received a smaller source leaf in their leading block (``widen``)."""
+        return self.paths("copied_partial")
+
+    @property
     def missing(self) -> list[str]:
         """Target paths with no source leaf of that (renamed) path."""
         return self.paths("missing")
@@ -97,9 +103,10 @@ class TransferReport:
 
     def summary(self) -> str:
         """One line: counts per status."""
-        counts = {s: len(self.paths(s)) for s in ("copied", "missing", "shape_mismatch", "excluded")}
+        counts = {s: len(self.paths(s)) for s in ("copied", "copied_partial", "missing", "shape_mismatch", "excluded")}
+        partial = f", partially copied {counts['copied_partial']}" if counts["copied_partial"] else ""
         return (
-            f"copied {counts['copied']} leaves ({self.num_copied_values} values), missing {counts['missing']}, "
+            f"copied {counts['copied']} leaves ({self.num_copied_values} values){partial}, missing {counts['missing']}, "
             f"shape mismatch {counts['shape_mismatch']}, excluded {counts['excluded']}, "
             f"unused source leaves {len(self.unused_source)}"
         )
@@ -111,7 +118,7 @@ class TransferReport:
         table = Table(title=title, caption=self.summary())
         for col in ("target path", "status", "target shape", "source path", "source shape"):
             table.add_column(col)
-        style = {"copied": "green", "missing": "yellow", "shape_mismatch": "red", "excluded": "dim"}
+        style = {"copied": "green", "copied_partial": "cyan", "missing": "yellow", "shape_mismatch": "red", "excluded": "dim"}
         for e in self.entries:
             table.add_row(
                 e.target_path,
@@ -188,6 +195,7 @@ def transfer_params(
     include: PathFilter = None,
     exclude: PathFilter = None,
     strict: bool = False,
+    widen: bool = False,
 ) -> tuple[dict[str, Any], TransferReport]:
     """Copies every source leaf whose (renamed) path and shape match a target leaf.
 
@@ -199,6 +207,11 @@ def transfer_params(
         transfer, e.g. ``r"^backbone/embedding/"``).  None: all leaves.
       exclude: regex(es) on target paths to leave untouched (applied after ``include``).
       strict: raise when a considered target leaf is missing or has another shape.
+      widen: copy a source leaf of the same rank but smaller or equal size along every axis
+        into the leading block of the target leaf (``target[:a, :b] = source``), keeping the
+        target's initialisation elsewhere: e.g. a dense layer of 256 units into the first
+        256 of 512 units of a wider model.  The extra units start random, so unlike
+        Net2Net (Chen, Goodfellow & Shlens, ICLR 2016) the function is not preserved.
 
     Returns:
       ``(new_params, report)``: a new target tree (copied leaves take the target leaf's
@@ -229,12 +242,18 @@ def transfer_params(
             status: Status = "excluded"
         elif src_path is None:
             status = "missing"
-        elif src_shape != shape:
-            status = "shape_mismatch"
-        else:
+        elif src_shape == shape:
             status = "copied"
+        elif widen and len(src_shape) == len(shape) and all(a <= b for a, b in zip(src_shape, shape)):
+            status = "copied_partial"
+        else:
+            status = "shape_mismatch"
         if status == "copied":
             out[path] = jnp.asarray(flat_s[src_path], dtype=jnp.asarray(leaf).dtype)
+            used.add(src_path)
+        elif status == "copied_partial":
+            block = tuple(slice(0, n) for n in src_shape)
+            out[path] = jnp.asarray(leaf).at[block].set(jnp.asarray(flat_s[src_path], dtype=jnp.asarray(leaf).dtype))
             used.add(src_path)
         else:
             out[path] = leaf
