@@ -9,6 +9,7 @@ import pytest
 from da_framework.data.catalog import OOV_ID, PAD_ID
 from da_framework.data.registry import get_domain
 from da_framework.data.text_synthetic import LENGTH, SHARED_SENTIMENT, STYLES, make_sentences, vocab_size, vocabulary
+from da_framework.transfer.finetune import split_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +59,17 @@ def test_text_experiment_dataset_choice(monkeypatch):
     with pytest.raises(ValueError, match="DA_TEXT_DATASET"):
         exp.dataset_choice("wiki")
     assert exp.domains("synthetic") == ("text/source", "text/target", vocab_size())
+
+
+def test_text_experiment_picks_imdb_when_prepared():
+    import tensorflow_datasets as tfds
+
+    exp = _experiment("imdb_text_transfer")
+    with tfds.testing.mock_data(num_examples=6):
+        assert exp.dataset_choice("auto") == "imdb"
+        x, y = split_arrays(get_domain("imdb_reviews"), "test")
+        assert x.shape == (6, 256) and x.dtype == np.int32 and set(np.unique(y)) <= {0, 1}
+    assert exp.domains("imdb")[:2] == ("imdb_reviews", "imdb_reviews")
 
 
 @pytest.mark.slow
