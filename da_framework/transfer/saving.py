@@ -42,13 +42,12 @@ def save_model(
     path = Path(directory).resolve()
     if path.exists() and not overwrite:
         raise SavedModelError(f"{path} already exists; pass overwrite=True or pick a new folder")
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())  # synchronous
     checkpointer.save(
         path,
         args=ocp.args.Composite(variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta or {})),
         force=overwrite,
     )
-    checkpointer.wait_until_finished() if hasattr(checkpointer, "wait_until_finished") else None
     return path
 
 
