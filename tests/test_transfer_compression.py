@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from da_framework.models.registry import make_model
 from da_framework.transfer import TransferError, flatten
@@ -165,3 +167,25 @@ def test_apply_masks_keeps_dtype():
     p = {"w": {"kernel": jnp.ones((2, 2), jnp.bfloat16)}}
     out = apply_masks(p, {"w": {"kernel": jnp.array([[True, False], [False, True]])}})
     assert out["w"]["kernel"].dtype == jnp.bfloat16 and float(out["w"]["kernel"].sum()) == 2
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    s=st.floats(0.0, 1.0),
+    scope=st.sampled_from(["global", "layer"]),
+    seed=st.integers(0, 2**16),
+)
+def test_sparsity_exact_property(sizes, s, scope, seed):
+    rng = np.random.default_rng(seed)
+    params = {f"l{i}": {"kernel": jnp.asarray(rng.normal(size=(n, 2)), jnp.float32)} for i, n in enumerate(sizes)}
+    pruned, masks = prune(params, s, scope=scope)
+    leaves = [np.asarray(pruned[f"l{i}"]["kernel"]) for i in range(len(sizes))]
+    if scope == "global":
+        assert sum(int(np.sum(x == 0)) for x in leaves) == round(s * sum(2 * n for n in sizes))
+    else:
+        assert [int(np.sum(x == 0)) for x in leaves] == [round(s * 2 * n) for n in sizes]
+    kept = np.concatenate([np.abs(x[x != 0]) for x in leaves]) if scope == "global" else None
+    if kept is not None and kept.size and kept.size < sum(2 * n for n in sizes):  # every kept |w| >= every pruned |w|
+        pruned_mags = np.concatenate([np.abs(np.asarray(params[f"l{i}"]["kernel"]))[~np.asarray(masks[f"l{i}"]["kernel"])] for i in range(len(sizes))])
+        assert kept.min() >= pruned_mags.max()
