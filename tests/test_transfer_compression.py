@@ -189,3 +189,13 @@ def test_sparsity_exact_property(sizes, s, scope, seed):
     if kept is not None and kept.size and kept.size < sum(2 * n for n in sizes):  # every kept |w| >= every pruned |w|
         pruned_mags = np.concatenate([np.abs(np.asarray(params[f"l{i}"]["kernel"]))[~np.asarray(masks[f"l{i}"]["kernel"])] for i in range(len(sizes))])
         assert kept.min() >= pruned_mags.max()
+
+
+def test_masks_and_quantisation_keep_empty_subtrees():
+    params = {"model": _params(), "aux": {}}
+    pruned, masks = prune(params, 0.5)
+    assert masks["aux"] == {} and pruned["aux"] == {}
+    tx = optax.chain(optax.sgd(0.1), keep_masks(masks))
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, pruned), tx.init(pruned), pruned)
+    assert updates["aux"] == {}
+    assert quantize_params(params)["aux"] == {} and fake_quantize_params(params)["aux"] == {}

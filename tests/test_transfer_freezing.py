@@ -89,3 +89,13 @@ def test_fit_with_frozen_backbone_learns_head(setup):
     out = fit(MODEL, {"params": params}, tx, x, y, steps=60, key=jax.random.key(1), batch_size=32)
     assert accuracy(MODEL, out, x, y) > accuracy(MODEL, {"params": params}, x, y)
     np.testing.assert_array_equal(np.asarray(out["params"]["backbone"]["Dense_0"]["kernel"]), np.asarray(params["backbone"]["Dense_0"]["kernel"]))
+
+
+def test_freeze_on_train_state_tree_with_empty_aux(setup):
+    params = {"model": setup[0], "aux": {}}
+    tx = freeze(MOVING_TX, params, trainable=r"^model/head/")
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert updates["aux"] == {}
+    assert float(jnp.abs(updates["model"]["backbone"]["Conv_0"]["kernel"]).sum()) == 0.0
+    assert float(jnp.abs(updates["model"]["head"]["kernel"]).sum()) > 0.0

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.transfer.weights import TransferError, flatten, unflatten
+from da_framework.transfer.weights import TransferError, flatten, path_string
 
 Rules = Sequence[tuple[str, str]]
 
@@ -49,9 +49,16 @@ def label_params(params: Any, rules: Rules, default: str) -> Any:
         compiled = [(re.compile(p), lab) for p, lab in rules]
     except re.error as e:
         raise TransferError(f"bad parameter-path regex: {e}") from None
-    flat = flatten(params)
-    labels = {path: next((lab for pat, lab in compiled if pat.search(path)), default) for path in flat}
-    return unflatten(labels)
+
+    def label(path: tuple[Any, ...], leaf: Any) -> str:
+        del leaf
+        name = path_string(path)
+        return next((lab for pat, lab in compiled if pat.search(name)), default)
+
+    # tree_map_with_path keeps the exact structure (empty sub-dicts such as a train state's
+    # "aux": {} included), which optax.multi_transform needs.
+    return jax.tree_util.tree_map_with_path(label, params)
+
 
 
 def freeze(tx: optax.GradientTransformation, params: Any, trainable: str | Sequence[str]) -> optax.GradientTransformation:

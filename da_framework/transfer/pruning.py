@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.transfer.weights import PathFilter, TransferError, flatten, matches, unflatten
+from da_framework.transfer.weights import PathFilter, TransferError, flatten, map_paths, matches
 
 Scope = Literal["global", "layer"]
 DEFAULT_PRUNABLE = r"kernel$"
@@ -79,7 +79,7 @@ def magnitude_masks(
             mag = jnp.abs(flat[p]).ravel()
             k = jnp.round(sparsity * mag.size).astype(jnp.int32)
             masks[p] = _keep_smallest_pruned(mag, k).reshape(jnp.shape(flat[p]))
-        return unflatten(masks)
+        return map_paths(lambda path, leaf: masks[path], params)
     mags = jnp.concatenate([jnp.abs(flat[p]).ravel().astype(jnp.float32) for p in paths])
     keep = _keep_smallest_pruned(mags, jnp.round(sparsity * mags.size).astype(jnp.int32))
     start = 0
@@ -87,7 +87,7 @@ def magnitude_masks(
         n = int(jnp.size(flat[p]))
         masks[p] = keep[start : start + n].reshape(jnp.shape(flat[p]))
         start += n
-    return unflatten(masks)
+    return map_paths(lambda path, leaf: masks[path], params)
 
 
 def apply_masks(params: Any, masks: Any) -> Any:

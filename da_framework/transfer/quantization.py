@@ -26,7 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from da_framework.transfer.weights import PathFilter, TransferError, flatten, matches, unflatten
+from da_framework.transfer.weights import PathFilter, TransferError, flatten, map_paths, matches
 
 DEFAULT_QUANTIZED = r"kernel$"
 
@@ -83,7 +83,7 @@ def quantize_params(params: Any, bits: int = 8, include: PathFilter = DEFAULT_QU
     flat = flatten(params)
     if not any(matches(p, include) for p in flat):
         raise TransferError(f"no parameter matches include={include!r}")
-    return unflatten({p: quantize(v, bits) if matches(p, include) and jnp.ndim(v) >= 1 else v for p, v in flat.items()})
+    return map_paths(lambda p, v: quantize(v, bits) if matches(p, include) and jnp.ndim(v) >= 1 else v, params)
 
 
 def dequantize_params(qparams: Any) -> Any:
@@ -129,9 +129,8 @@ def fake_quantize_params(params: Any, bits: int = 8, include: PathFilter = DEFAU
     follows max|w| per channel (no gradient through it), so every weight is inside the
     clipping range and the straight-through gradient is the identity.
     """
-    flat = flatten(params)
 
     def fq(v: jax.Array) -> jax.Array:
         return fake_quant(v, jax.lax.stop_gradient(channel_scale(v, bits)), bits)
 
-    return unflatten({p: fq(v) if matches(p, include) and jnp.ndim(v) >= 1 else v for p, v in flat.items()})
+    return map_paths(lambda p, v: fq(v) if matches(p, include) and jnp.ndim(v) >= 1 else v, params)

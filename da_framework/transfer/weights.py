@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import flax.traverse_util
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -142,6 +143,22 @@ def flatten(params: Params) -> dict[str, Any]:
     if not isinstance(params, Mapping):
         raise TransferError(f"expected a dict of parameters, got {type(params).__name__}")
     return {"/".join(map(str, k)): v for k, v in flax.traverse_util.flatten_dict(dict(params)).items()}
+
+
+def path_string(path: tuple[Any, ...]) -> str:
+    """``/``-joined names of a JAX key path (dict keys, attribute names, sequence indices)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return "/".join(parts)
+
+
+def map_paths(fn: Any, tree: Any) -> Any:
+    """``fn(path, leaf)`` over every leaf, ``path`` ``/``-joined; keeps the exact structure (empty dicts too)."""
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: fn(path_string(path), leaf), tree)
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
