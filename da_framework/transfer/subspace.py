@@ -1,0 +1,189 @@
+"""Closed-form feature-space transfer baselines: subspace alignment and transfer component analysis.
+
+Pure functions of feature arrays (e.g. a frozen backbone's features of both domains); a
+classifier trained on the mapped source features is then applied to the mapped target
+features.
+
+* Subspace alignment (Fernando, Habrard, Sebban & Tuytelaars, "Unsupervised Visual Domain
+  Adaptation Using Subspace Alignment", ICCV 2013, sec. 3.2-3.3): with P_S, P_T the top-d
+  PCA bases (D x d) of the centred source and target features, the alignment
+  M* = argmin_M ||P_S M - P_T||_F = P_S^T P_T (eq. 3-4), source features map to
+  (x_s - mu_s) P_S M* and target features to (x_t - mu_t) P_T.
+* Transfer component analysis (Pan, Tsang, Kwok & Yang, "Domain Adaptation via Transfer
+  Component Analysis", IEEE TNN 2011, sec. IV-B): with K the kernel matrix of all
+  n = n_s + n_t points, L the MMD matrix (1/n_s^2 within source, 1/n_t^2 within target,
+  -1/(n_s n_t) across) and H = I - 11^T / n, the m transfer components W are the leading
+  eigenvectors of (K L K + mu I)^{-1} K H K (eq. 8-9); the embedding is Z = K W.  Here the
+  equivalent symmetric-definite generalised problem K H K w = lambda (K L K + mu I) w is
+  solved through a Cholesky factor, with w normalised to w^T (K L K + mu I) w = 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg
+
+from da_framework.transfer.weights import TransferError
+
+Kernel = Literal["linear", "rbf"]
+
+
+def _check_features(x: jax.Array, name: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise TransferError(f"{name}: expected a (n >= 2, d) feature array, got shape {x.shape}")
+    return x
+
+
+def pca_basis(x: jax.Array, dim: int) -> jax.Array:
+    """The top-``dim`` principal directions (d, dim) of ``x`` (n, d), via SVD of the centred data.
+
+    Each column's sign is fixed so that its largest-magnitude entry is positive.
+    """
+    x = _check_features(x, "pca_basis")
+    if not 1 <= dim <= min(x.shape):
+        raise TransferError(f"pca_basis: dim must be in [1, {min(x.shape)}] for features of shape {x.shape}, got {dim}")
+    _, _, vt = jnp.linalg.svd(x - x.mean(0), full_matrices=False)
+    basis = vt[:dim].T
+    signs = jnp.sign(basis[jnp.argmax(jnp.abs(basis), axis=0), jnp.arange(dim)])
+    return basis * jnp.where(signs == 0, 1.0, signs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubspaceAlignment:
+    """A fitted subspace alignment (Fernando et al. 2013).
+
+    Attributes:
+      source_mean, target_mean: feature means (d,).
+      source_basis, target_basis: PCA bases P_S, P_T (d, dim).
+      alignment: M* = P_S^T P_T (dim, dim).
+    """
+
+    source_mean: jax.Array
+    target_mean: jax.Array
+    source_basis: jax.Array
+    target_basis: jax.Array
+    alignment: jax.Array
+
+    def transform_source(self, x: jax.Array) -> jax.Array:
+        """Source features in the target-aligned subspace: (x - mu_s) P_S M*."""
+        return (x - self.source_mean) @ self.source_basis @ self.alignment
+
+    def transform_target(self, x: jax.Array) -> jax.Array:
+        """Target features in the target subspace: (x - mu_t) P_T."""
+        return (x - self.target_mean) @ self.target_basis
+
+
+def subspace_alignment(source: jax.Array, target: jax.Array, dim: int) -> SubspaceAlignment:
+    """Fits subspace alignment of ``source`` (n_s, d) onto ``target`` (n_t, d) features."""
+    source, target = _check_features(source, "subspace_alignment"), _check_features(target, "subspace_alignment")
+    if source.shape[1] != target.shape[1]:
+        raise TransferError(f"subspace_alignment: feature widths differ: {source.shape[1]} vs {target.shape[1]}")
+    ps, pt = pca_basis(source, dim), pca_basis(target, dim)
+    return SubspaceAlignment(source.mean(0), target.mean(0), ps, pt, ps.T @ pt)
+
+
+def kernel_matrix(a: jax.Array, b: jax.Array, kernel: Kernel = "linear", gamma: float | None = None) -> jax.Array:
+    """``k(a_i, b_j)``: linear ``a b^T`` or Gaussian ``exp(-gamma ||a_i - b_j||^2)`` (gamma default 1/d)."""
+    if kernel == "linear":
+        return a @ b.T
+    if kernel == "rbf":
+        g = 1.0 / a.shape[1] if gamma is None else gamma
+        d2 = jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
+        return jnp.exp(-g * jnp.maximum(d2, 0.0))
+    raise TransferError(f"unknown kernel {kernel!r}; valid: linear, rbf")
+
+
+def mmd_matrix(n_source: int, n_target: int) -> jax.Array:
+    """TCA's L: tr(K L) is the (biased) squared MMD between the two sets' kernel means."""
+    e = jnp.concatenate([jnp.full((n_source,), 1.0 / n_source), jnp.full((n_target,), -1.0 / n_target)])
+    return jnp.outer(e, e)
+
+
+@dataclasses.dataclass(frozen=True)
+class TCA:
+    """Fitted transfer component analysis (Pan et al. 2011).
+
+    Attributes:
+      data: the n_s + n_t fitting points (source first).
+      components: W (n, m), the transfer components.
+      eigenvalues: the m leading generalised eigenvalues, descending.
+      kernel, gamma: the kernel used.
+      n_source: number of source points in ``data``.
+    """
+
+    data: jax.Array
+    components: jax.Array
+    eigenvalues: jax.Array
+    kernel: Kernel
+    gamma: float | None
+    n_source: int
+
+    def transform(self, x: jax.Array) -> jax.Array:
+        """Embeds any features (fitting points or new ones): k(x, data) W."""
+        return kernel_matrix(jnp.asarray(x), self.data, self.kernel, self.gamma) @ self.components
+
+    @property
+    def source_embedding(self) -> jax.Array:
+        """Z of the source fitting points."""
+        return self.transform(self.data[: self.n_source])
+
+    @property
+    def target_embedding(self) -> jax.Array:
+        """Z of the target fitting points."""
+        return self.transform(self.data[self.n_source :])
+
+
+def tca(
+    source: jax.Array,
+    target: jax.Array,
+    num_components: int,
+    *,
+    mu: float = 1.0,
+    kernel: Kernel = "linear",
+    gamma: float | None = None,
+) -> TCA:
+    """Fits TCA on ``source`` (n_s, d) and ``target`` (n_t, d) features.
+
+    Args:
+      source, target: feature arrays of both domains (same d).
+      num_components: m, the embedding width (<= n_s + n_t).
+      mu: the trade-off (regulariser) of the trace objective, > 0.
+      kernel: ``"linear"`` or ``"rbf"``.
+      gamma: RBF width (default 1/d).
+    """
+    source, target = _check_features(source, "tca"), _check_features(target, "tca")
+    if source.shape[1] != target.shape[1]:
+        raise TransferError(f"tca: feature widths differ: {source.shape[1]} vs {target.shape[1]}")
+    if mu <= 0:
+        raise TransferError(f"tca: mu must be > 0, got {mu}")
+    x = jnp.concatenate([source, target])
+    n = x.shape[0]
+    if not 1 <= num_components <= n:
+        raise TransferError(f"tca: num_components must be in [1, {n}], got {num_components}")
+    k = kernel_matrix(x, x, kernel, gamma)
+    h = jnp.eye(n) - jnp.full((n, n), 1.0 / n)
+    a = k @ h @ k
+    b = k @ mmd_matrix(source.shape[0], target.shape[0]) @ k + mu * jnp.eye(n)
+    c = jnp.linalg.cholesky((b + b.T) / 2)  # b = c c^T
+    ci_a = jax.scipy.linalg.solve_triangular(c, (a + a.T) / 2, lower=True)  # c^-1 a
+    s = jax.scipy.linalg.solve_triangular(c, ci_a.T, lower=True)  # c^-1 a c^-T (symmetric)
+    vals, vecs = jnp.linalg.eigh((s + s.T) / 2)
+    order = jnp.argsort(vals)[::-1][:num_components]
+    w = jax.scipy.linalg.solve_triangular(c.T, vecs[:, order], lower=False)  # c^-T v
+    return TCA(x, w, vals[order], kernel, gamma, source.shape[0])
+
+
+def linear_mmd(a: jax.Array, b: jax.Array) -> jax.Array:
+    """||mean(a) - mean(b)||^2: the linear-kernel squared MMD between two feature sets."""
+    return jnp.sum((jnp.mean(a, 0) - jnp.mean(b, 0)) ** 2)
+
+
+def coral_distance(a: jax.Array, b: jax.Array) -> jax.Array:
+    """||Cov(a) - Cov(b)||_F^2 / (4 d^2): the CORAL distance (Sun & Saenko, ECCV-W 2016, eq. 1)."""
+    d = a.shape[1]
+    return jnp.sum((jnp.cov(a, rowvar=False) - jnp.cov(b, rowvar=False)) ** 2) / (4.0 * d * d)
