@@ -176,15 +176,11 @@ def make_mcd_step(
             disc, new_state = discrepancy(p, ms, target_batch[input_key], k)
             return weight * disc, (disc, new_state)
 
-        def body(carry, k):
-            p, o, ms = carry
-            (_, (disc, ms)), g = jax.value_and_grad(loss_c, has_aux=True)(p, ms, k)
-            p, o = masked_update(tx, g, o, p, g_mask, advance_counters=False)
-            return (p, o, ms), disc
-
-        (params, opt_state, model_state), disc_c = jax.lax.scan(
-            body, (params, opt_state, model_state), jax.random.split(k_c, num_k)
-        )
+        disc_c = []
+        for k in jax.random.split(k_c, num_k):  # unrolled: XLA's CPU while-loops run convolutions far slower
+            (_, (disc, model_state)), g = jax.value_and_grad(loss_c, has_aux=True)(params, model_state, k)
+            params, opt_state = masked_update(tx, g, opt_state, params, g_mask, advance_counters=False)
+            disc_c.append(disc)
         new_state = state.replace(
             step=state.step + 1,
             params=params,
