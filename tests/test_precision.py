@@ -1,5 +1,6 @@
 """Mixed precision: bfloat16 compute, float32 master weights, float32 losses."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from da_framework.config import ConfigError, ExperimentConfig
 from da_framework.models import make_model
+from da_framework.models.classifier import Classifier
 from da_framework.train import init_train_state, make_optimizer, make_train_step, parse_method, train
 from da_framework.train.precision import PrecisionError, cast_floating, cast_like, get_compute_dtype
 
@@ -72,14 +74,32 @@ def test_forward_really_runs_in_bfloat16():
     assert "bf16" not in high
 
 
-def test_batchnorm_statistics_stay_float32_and_step_compiles_once():
-    model = make_model("resnet8", 10, None, width=4)
+class TinyBatchNormNet(nn.Module):
+    """conv -> BatchNorm -> ReLU -> global mean: the smallest backbone with batch statistics."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.Conv(8, (3, 3), strides=(2, 2))(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        return jnp.mean(nn.relu(x), axis=(1, 2))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        Classifier(backbone=TinyBatchNormNet(), num_classes=10, bottleneck_dim=16),
+        pytest.param(make_model("resnet8", 10, None, width=4), marks=pytest.mark.slow),
+    ],
+    ids=["tiny_bn", "resnet8"],
+)
+def test_batchnorm_statistics_stay_float32_and_step_compiles_once(model):
     tx = make_optimizer(ExperimentConfig())
     state, _, bf16, sb, tb = _steps(model, "dan", tx)
     for i in range(2):
         state, m = bf16(state, sb, tb, jax.random.key(i))
         assert np.isfinite(float(m["loss"]))
     assert bf16._cache_size() == 1
+    assert "batch_stats" in state.model_state
     for leaf in jax.tree.leaves((state.params, state.model_state, state.opt_state)):
         assert leaf.dtype in (jnp.float32, jnp.int32)
 

@@ -32,7 +32,7 @@ from da_framework.models.registry import make_model
 from da_framework.train.checkpoint import open_checkpoints, restore_latest, save_checkpoint
 from da_framework.train.evaluate import evaluate, make_predict_fn
 from da_framework.train.method import parse_method
-from da_framework.train.parallel import make_mesh, replicate, shard_batch
+from da_framework.train.parallel import ParallelError, make_mesh, replicate, shard_batch
 from da_framework.train.state import TrainState, init_train_state
 from da_framework.train.step import make_train_step
 
@@ -125,11 +125,13 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
     tx = make_optimizer(config)
     x_key = source.input_key
 
-    reading = dict(workers=config.data_workers, read_threads=config.data_threads)
-    src_it = batch_iterator(
-        source.split("train"), config.batch_size, seed=2 * config.seed, fields=(x_key, "label"), **reading
-    )
-    tgt_it = batch_iterator(target.split("train"), config.batch_size, seed=2 * config.seed + 1, fields=(x_key,), **reading)
+    # Several hosts (jax.distributed): each reads its own stream of batch_size / hosts.
+    hosts, stream = jax.process_count(), config.seed * jax.process_count() + jax.process_index()
+    if config.batch_size % hosts:
+        raise ParallelError(f"batch_size {config.batch_size} does not split over {hosts} processes")
+    local_batch, reading = config.batch_size // hosts, dict(workers=config.data_workers, read_threads=config.data_threads)
+    src_it = batch_iterator(source.split("train"), local_batch, seed=2 * stream, fields=(x_key, "label"), **reading)
+    tgt_it = batch_iterator(target.split("train"), local_batch, seed=2 * stream + 1, fields=(x_key,), **reading)
 
     key_init, key_steps = jax.random.split(jax.random.key(config.seed))
     first_s, first_t = next(src_it), next(tgt_it)
