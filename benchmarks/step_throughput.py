@@ -301,7 +301,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=170)
     on_gpu = jax.devices()[0].platform == "gpu"
     have_torch = not args.no_torch
     if have_torch:
@@ -338,7 +338,10 @@ def main() -> None:
                 peak = peak_flops(dtype)
                 mfu = jr.flops_per_step * j / (2 * batch) / peak if peak else None
                 rows.append((model_name, method_name, dtype, batch, steps, jr.compile_s, j, t, j / t, jr.flops_per_step, mfu))
-                console.log(f"  jax {j:.0f} ex/s, torch {t:.0f} ex/s (rounds: {[round(x) for x in jax_eps]} / {[round(x) for x in torch_eps]})")
+                console.log(
+                    f"  compile {jr.compile_s:.1f}s, {jr.flops_per_step / 1e9:.2f} GFLOP/step; jax {j:.0f} ex/s, "
+                    f"torch {t:.0f} ex/s (rounds: {[round(x) for x in jax_eps]} / {[round(x) for x in torch_eps]})"
+                )
 
     dev = jax.devices()[0]
     table = Table(title=f"train-step throughput on {dev.device_kind} ({dev.platform}, {jax.device_count()} device(s))")
