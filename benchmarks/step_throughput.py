@@ -18,7 +18,8 @@ analysis) and, on a GPU, the model FLOPs utilisation: achieved FLOP/s over the d
 step, not the input pipeline.
 
 PyTorch is not a dependency of da_framework: ``pip install 'da_framework[bench]'`` (or
-``pip install torch``); without it, or with ``--no-torch``, only the JAX columns are filled.
+``pip install torch``); without it, or with ``--no-torch``, only the JAX columns are filled.  The PyTorch side
+runs on CUDA when ``torch.cuda.is_available()``, else on CPU.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def torch_runner(model_name: str, method_name: str, dtype: str, batch: int, seed
     from torch import nn
 
     torch.manual_seed(seed)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
 
     class GradientReverse(torch.autograd.Function):
         @staticmethod
@@ -211,23 +213,28 @@ def torch_runner(model_name: str, method_name: str, dtype: str, batch: int, seed
 
     spec = MODELS[model_name]
     backbone = LeNet() if model_name == "lenet" else ResNet50()
-    model = Classifier(backbone, spec["classes"])
+    model = Classifier(backbone, spec["classes"]).to(dev)
     classes = spec["classes"]
     disc = {"dann": discriminator(BOTTLENECK), "cdan": discriminator(BOTTLENECK * classes)}.get(method_name)
+    disc = disc.to(dev) if disc is not None else None
     params = list(model.parameters()) + (list(disc.parameters()) if disc is not None else [])
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)
     h, w, c = spec["shape"]
     g = torch.Generator().manual_seed(seed)
     batches = [
-        (torch.rand(batch, c, h, w, generator=g), torch.rand(batch, c, h, w, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        tuple(
+            x.to(dev)
+            for x in (torch.rand(batch, c, h, w, generator=g), torch.rand(batch, c, h, w, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        )
         for _ in range(2)
     ]
+    domain_labels = torch.cat([torch.ones(batch), torch.zeros(batch)]).to(dev)
     model.train()
     use_bf16 = dtype == "bfloat16"
     box = {"step": 0}
 
     def step(xs, xt, ys) -> torch.Tensor:  # noqa: ANN001
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=use_bf16):
             logits, f = model(torch.cat([xs, xt]))
         logits, f = logits.float(), f.float()
         n = xs.shape[0]
@@ -236,14 +243,12 @@ def torch_runner(model_name: str, method_name: str, dtype: str, batch: int, seed
         coeff = 2.0 / (1.0 + np.exp(-10 * p)) - 1.0
         if method_name == "dann":
             d = disc(GradientReverse.apply(f, coeff)).squeeze(1)
-            labels = torch.cat([torch.ones(n), torch.zeros(n)])
-            loss = loss + F.binary_cross_entropy_with_logits(d, labels)
+            loss = loss + F.binary_cross_entropy_with_logits(d, domain_labels)
         elif method_name == "cdan":  # multilinear conditioning, as TLL's CDAN default
             g = F.softmax(logits, dim=1).detach()
             hmap = torch.bmm(g.unsqueeze(2), GradientReverse.apply(f, coeff).unsqueeze(1)).flatten(1)
             d = disc(hmap).squeeze(1)
-            labels = torch.cat([torch.ones(n), torch.zeros(n)])
-            loss = loss + F.binary_cross_entropy_with_logits(d, labels)
+            loss = loss + F.binary_cross_entropy_with_logits(d, domain_labels)
         elif method_name == "dan":
             loss = loss + mk_mmd(f[:n], f[n:])
         opt.zero_grad(set_to_none=True)
@@ -256,7 +261,7 @@ def torch_runner(model_name: str, method_name: str, dtype: str, batch: int, seed
         t = time.perf_counter()
         for i in range(k):
             loss = step(*batches[i % 2])
-        loss.item()
+        loss.item()  # waits for the device
         return time.perf_counter() - t
 
     run(2)  # warm-up
@@ -264,6 +269,11 @@ def torch_runner(model_name: str, method_name: str, dtype: str, batch: int, seed
 
 
 # ------------------------------------------------------------------------------- driver
+
+
+def _num(x: float) -> str:
+    """Three significant digits, thousands separated (0.847, 12.3, 1,234)."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def peak_flops(dtype: str) -> float | None:
@@ -310,8 +320,8 @@ def main() -> None:
         except ImportError:
             console.print("[yellow]torch not installed: PyTorch columns skipped (pip install torch)[/]")
             have_torch = False
-    if have_torch and on_gpu:
-        console.print("[yellow]the PyTorch side runs on CPU here (CPU wheel); ratios on GPU need a CUDA torch[/]")
+    if have_torch and on_gpu and not torch.cuda.is_available():
+        console.print("[yellow]the PyTorch side runs on CPU (CPU wheel); a fair GPU ratio needs a CUDA torch[/]")
     notes = []
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "cdan" in methods and not cdan_registered():
@@ -339,8 +349,8 @@ def main() -> None:
                 mfu = jr.flops_per_step * j / (2 * batch) / peak if peak else None
                 rows.append((model_name, method_name, dtype, batch, steps, jr.compile_s, j, t, j / t, jr.flops_per_step, mfu))
                 console.log(
-                    f"  compile {jr.compile_s:.1f}s, {jr.flops_per_step / 1e9:.2f} GFLOP/step; jax {j:.0f} ex/s, "
-                    f"torch {t:.0f} ex/s (rounds: {[round(x) for x in jax_eps]} / {[round(x) for x in torch_eps]})"
+                    f"  compile {jr.compile_s:.1f}s, {jr.flops_per_step / 1e9:.2f} GFLOP/step; jax {_num(j)} ex/s, "
+                    f"torch {_num(t)} ex/s (rounds: {[_num(x) for x in jax_eps]} / {[_num(x) for x in torch_eps]})"
                 )
 
     dev = jax.devices()[0]
@@ -349,7 +359,7 @@ def main() -> None:
         table.add_column(col, justify="right" if col not in ("model", "method", "dtype") else "left")
     for m, meth, dt, b, n, comp, j, t, ratio, fl, mfu in rows:
         table.add_row(
-            m, meth, dt, str(b), str(n), f"{comp:.1f}", f"{j:,.0f}", "-" if np.isnan(t) else f"{t:,.0f}",
+            m, meth, dt, str(b), str(n), f"{comp:.1f}", _num(j), "-" if np.isnan(t) else _num(t),
             "-" if np.isnan(ratio) else f"{ratio:.2f}x", f"{fl / 1e9:.2f}", "n/a" if mfu is None else f"{100 * mfu:.1f}%",
         )
     console.print(table)
