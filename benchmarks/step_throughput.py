@@ -134,6 +134,7 @@ def torch_runner(model_name: str, method_name: str, dtype: str, batch: int, seed
 
     torch.manual_seed(seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True  # as TLL's training scripts set it
 
     class GradientReverse(torch.autograd.Function):
         @staticmethod
