@@ -73,7 +73,6 @@ def test_grain_read_ahead_keeps_the_stream():
         next(batch_iterator(source, 5, seed=3, workers=-1))
 
 
-@pytest.mark.slow
 def test_grain_worker_processes_keep_the_stream():
     rng = np.random.default_rng(0)
     arrays = {"image": rng.random((37, 3), dtype=np.float32), "label": np.arange(37)}

@@ -245,5 +245,9 @@ def _grain_batches(
     # the accelerator trains on the current one; both keep the order of ``ds``.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * read_threads, 1)))
     if workers:
+        from absl import flags  # grain's worker pool reads absl flags: use their defaults
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
     yield from it
