@@ -54,6 +54,12 @@ class ExperimentConfig:
       checkpoint_every: save an orbax checkpoint every this many steps (0: off); a run whose
         ``checkpoint_dir`` holds a checkpoint resumes from the latest one.
       checkpoint_dir: folder of this run's checkpoints (needed when ``checkpoint_every`` > 0).
+      compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype the model computes in
+        (parameters, optimiser state and losses stay float32; docs/performance.md).
+      device_prefetch: batches placed on the devices ahead of the current step, so their
+        host-to-device copies overlap compute (0: none).
+      data_workers: grain worker processes reading catalog data (0: in the main process).
+      data_threads: grain read-ahead threads per reading process for catalog data.
     """
 
     name: str = "experiment"
@@ -78,6 +84,10 @@ class ExperimentConfig:
     data_dir: str | None = None
     checkpoint_every: int = 0
     checkpoint_dir: str | None = None
+    compute_dtype: str = "float32"
+    device_prefetch: int = 2
+    data_workers: int = 0
+    data_threads: int = 4
 
     def __post_init__(self) -> None:
         checks = {
@@ -89,6 +99,9 @@ class ExperimentConfig:
             "num_devices": self.num_devices > 0,
             "eval_every": self.eval_every >= 0,
             "checkpoint_every": self.checkpoint_every >= 0,
+            "device_prefetch": self.device_prefetch >= 0,
+            "data_workers": self.data_workers >= 0,
+            "data_threads": self.data_threads >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -97,6 +110,8 @@ class ExperimentConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: adam, adamw, sgd")
         if self.lr_schedule not in ("constant", "cosine", "inv"):
             raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, inv")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"unknown compute_dtype {self.compute_dtype!r}; valid: float32, bfloat16")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ConfigError("checkpoint_every > 0 needs checkpoint_dir (a folder for this run's checkpoints)")
 

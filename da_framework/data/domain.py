@@ -13,7 +13,9 @@ Two kinds of sources exist:
   batch.
 * any other random-access source (e.g. a ``tfds.data_source``) wrapped in
   :class:`MappedSource`, which applies a per-record preprocessing function; batches are
-  produced through a ``grain.MapDataset`` pipeline.
+  produced through a ``grain.MapDataset`` pipeline, read ahead by threads and optionally
+  by worker processes (``workers``, ``read_threads``; config keys ``data_workers``,
+  ``data_threads``).
 
 Both are iterated by :func:`batch_iterator`, which is deterministic given its seed.
 """
@@ -146,6 +148,8 @@ def batch_iterator(
     repeat: bool = True,
     drop_remainder: bool = True,
     fields: Sequence[str] | None = None,
+    workers: int = 0,
+    read_threads: int = 4,
 ) -> Iterator[Batch]:
     """Yields batches of ``source``; deterministic for a given ``seed``.
 
@@ -158,6 +162,11 @@ def batch_iterator(
       repeat: cycle forever (training) rather than stop after one epoch.
       drop_remainder: drop a last incomplete batch.
       fields: keep only these record fields (default: all).
+      workers: grain worker processes that read and preprocess batches (catalog sources
+        only; 0: in this process).  Worker outputs are interleaved in order, so the
+        stream does not depend on ``workers``.
+      read_threads: grain threads prefetching batches in each reading process (catalog
+        sources only; 0: no read-ahead).
 
     Yields:
       dicts of stacked NumPy arrays, one entry per field.
@@ -173,7 +182,9 @@ def batch_iterator(
     if isinstance(source, ArraySource):
         yield from _array_batches(source, batch_size, seed, shuffle, repeat, drop_remainder, fields)
         return
-    yield from _grain_batches(source, batch_size, seed, shuffle, repeat, drop_remainder, fields)
+    if workers < 0 or read_threads < 0:
+        raise DomainError(f"workers and read_threads must be >= 0, got {workers} and {read_threads}")
+    yield from _grain_batches(source, batch_size, seed, shuffle, repeat, drop_remainder, fields, workers, read_threads)
 
 
 def _select(batch: Batch, fields: Sequence[str] | None) -> Batch:
@@ -213,6 +224,8 @@ def _grain_batches(
     repeat: bool,
     drop_remainder: bool,
     fields: Sequence[str] | None,
+    workers: int = 0,
+    read_threads: int = 4,
 ) -> Iterator[Batch]:
     import grain  # imported lazily: only non-array sources need it
 
@@ -225,4 +238,16 @@ def _grain_batches(
     if repeat:
         ds = ds.repeat()  # grain reshuffles every epoch of a shuffled dataset
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_collate)
-    yield from ds
+    if not workers and not read_threads:
+        yield from ds
+        return
+    # Read-ahead threads (and optionally worker processes) prepare the next batches while
+    # the accelerator trains on the current one; both keep the order of ``ds``.
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * read_threads, 1)))
+    if workers:
+        from absl import flags  # grain's worker pool reads absl flags: use their defaults
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+    yield from it

@@ -89,13 +89,18 @@ def make_mcd_step(
     tx: optax.GradientTransformation,
     total_steps: int,
     input_key: str = "image",
+    compute_dtype: str = "float32",
 ) -> TrainStep:
     """Builds MCD's step ``(state, source_batch, target_batch, key) -> (state, metrics)``.
 
     Same signature and contract as :func:`da_framework.train.step.make_train_step`; the
     method must contain the ``mcd`` term (whose hyper-parameters ``num_k`` and
-    ``discrepancy_weight`` set the schedule).
+    ``discrepancy_weight`` set the schedule).  Only ``compute_dtype="float32"`` is supported.
     """
+    if compute_dtype != "float32":
+        raise ValueError(
+            f"MCD's step runs in float32 only, got compute_dtype={compute_dtype!r}; set compute_dtype=float32"
+        )
     terms = [t for t in method.terms if t.loss == TERM]
     if not terms:
         raise LossError(f"make_mcd_step: method {method.name!r} has no 'mcd' term; write e.g. 'cross_entropy + mcd'")

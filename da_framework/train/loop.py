@@ -14,24 +14,25 @@ device only every ``log_every`` steps.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from da_framework.config import ExperimentConfig
 from da_framework.data.domain import Domain, DomainError, batch_iterator
+from da_framework.data.prefetch import prefetch_to_device
 from da_framework.data.registry import get_domain
 from da_framework.models.registry import make_model
 from da_framework.train.checkpoint import open_checkpoints, restore_latest, save_checkpoint
 from da_framework.train.evaluate import evaluate, make_predict_fn
 from da_framework.train.method import parse_method
-from da_framework.train.parallel import make_mesh, replicate, shard_batch
+from da_framework.train.parallel import ParallelError, make_mesh, replicate, shard_batch
 from da_framework.train.state import TrainState, init_train_state
 from da_framework.train.step import step_builder
 
@@ -124,8 +125,13 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
     tx = make_optimizer(config)
     x_key = source.input_key
 
-    src_it = batch_iterator(source.split("train"), config.batch_size, seed=2 * config.seed, fields=(x_key, "label"))
-    tgt_it = batch_iterator(target.split("train"), config.batch_size, seed=2 * config.seed + 1, fields=(x_key,))
+    # Several hosts (jax.distributed): each reads its own stream of batch_size / hosts.
+    hosts, stream = jax.process_count(), config.seed * jax.process_count() + jax.process_index()
+    if config.batch_size % hosts:
+        raise ParallelError(f"batch_size {config.batch_size} does not split over {hosts} processes")
+    local_batch, reading = config.batch_size // hosts, dict(workers=config.data_workers, read_threads=config.data_threads)
+    src_it = batch_iterator(source.split("train"), local_batch, seed=2 * stream, fields=(x_key, "label"), **reading)
+    tgt_it = batch_iterator(target.split("train"), local_batch, seed=2 * stream + 1, fields=(x_key,), **reading)
 
     key_init, key_steps = jax.random.split(jax.random.key(config.seed))
     first_s, first_t = next(src_it), next(tgt_it)
@@ -141,18 +147,27 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
             s_batch, t_batch = next(src_it), next(tgt_it)
 
     traces = [0]
-    raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key)
+    raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype)
 
-    def counted_step(*args: Any) -> Any:
+    def counted_step(state: TrainState, s: Any, t: Any, base_key: jax.Array) -> Any:
         traces[0] += 1  # runs at trace time only: counts compilations
-        return raw_step(*args)
+        # The per-step key is derived inside the compiled step (one dispatch per step).
+        return raw_step(state, s, t, jax.random.fold_in(base_key, state.step))
 
     step_fn = jax.jit(counted_step, donate_argnums=0)
     mesh = make_mesh(config.num_devices) if config.num_devices > 1 else None
-    place = (lambda b: shard_batch(b, mesh)) if mesh is not None else (lambda b: jax.tree.map(jnp.asarray, b))
+    place = (lambda b: shard_batch(b, mesh)) if mesh is not None else jax.device_put
     if mesh is not None:
-        state = replicate(state, mesh)
+        state, key_steps = replicate((state, key_steps), mesh)
 
+    # Batches reach the devices ``device_prefetch`` steps ahead (asynchronous device_put),
+    # so host-to-device copies overlap the running step; nothing waits on the device
+    # except the metric fetch every ``log_every`` steps, evaluation and checkpoints.
+    batches = prefetch_to_device(
+        itertools.chain([(s_batch, t_batch)], zip(src_it, tgt_it)),
+        config.device_prefetch,
+        lambda pair: (place(pair[0]), place(pair[1])),
+    )
     predict = make_predict_fn(model)
 
     def run_eval(st: TrainState) -> dict[str, Any]:
@@ -167,7 +182,8 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
         }
 
     for i in range(start_step, config.steps):
-        state, metrics = step_fn(state, place(s_batch), place(t_batch), jax.random.fold_in(key_steps, i))
+        s_dev, t_dev = next(batches)
+        state, metrics = step_fn(state, s_dev, t_dev, key_steps)
         if (i + 1) % config.log_every == 0 or i + 1 == config.steps:
             logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _check_finite(i + 1, logged, config)
@@ -178,8 +194,6 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
             history.append({"step": i + 1, **run_eval(state)})
         if ckpt is not None and (i + 1) % config.checkpoint_every == 0 and i + 1 < config.steps:
             save_checkpoint(ckpt, i + 1, state, history, config)
-        if i + 1 < config.steps:
-            s_batch, t_batch = next(src_it), next(tgt_it)
 
     if ckpt is not None:
         ckpt.close()

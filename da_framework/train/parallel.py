@@ -5,6 +5,11 @@ The same jitted step runs on one device or many: with inputs placed by
 batch axis and inserts the cross-device reductions.  Because ``jax.jit`` keeps global
 semantics, losses that need the whole batch (MMD, CORAL, batch statistics) are computed
 over the global batch, exactly as on one device.
+
+Several hosts run the same program after ``jax.distributed.initialize()``: the mesh then
+spans every process's devices, each process passes its own slice of the batch to
+:func:`shard_batch` (the global batch is the processes' slices in process order), and
+:func:`replicate` places the same state on every device (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -37,21 +42,43 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 
 
 def shard_batch(batch: T, mesh: Mesh) -> T:
-    """Places every array of ``batch`` split along its first axis across the mesh."""
-    n = mesh.devices.size
+    """Places every array of ``batch`` split along its first axis across the mesh.
+
+    With one process ``batch`` is the global batch.  With several (``jax.distributed``)
+    it is this process's slice, split over this process's devices; the returned arrays
+    are the global batch made of every process's slice in process order.
+    """
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    multi = jax.process_count() > 1
+    n = sum(d.process_index == jax.process_index() for d in mesh.devices.flat) if multi else mesh.devices.size
 
     def put(x: Any) -> jax.Array:
         if x.shape[0] % n:
+            where = "this process's" if multi else ""
             raise ParallelError(
-                f"batch of {x.shape[0]} examples does not split over {n} devices; "
+                f"batch of {x.shape[0]} examples does not split over {n} {where} devices; "
                 f"use a batch_size divisible by {n}"
             )
+        if multi:
+            return jax.make_array_from_process_local_data(sharding, np.asarray(x))
         return jax.device_put(x, sharding)
 
     return jax.tree.map(put, batch)
 
 
 def replicate(tree: T, mesh: Mesh) -> T:
-    """Places a full copy of every array of ``tree`` on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Places a full copy of every array of ``tree`` on every device of the mesh.
+
+    With several processes every process must pass the same values (same seed).
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x: Any) -> Any:
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(put, tree)

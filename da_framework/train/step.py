@@ -4,7 +4,9 @@
 steps) and returns a pure function of arrays, to be compiled once with ``jax.jit``.  Source
 and target batches go through the model in one concatenated forward pass, so
 normalisation statistics see both domains (as in DANN and Transfer-Learning-Library).
-Target labels are never read.
+Target labels are never read.  With ``compute_dtype="bfloat16"`` the model runs in
+bfloat16 on float32 master weights and every loss term sees float32 logits and features
+(:mod:`da_framework.train.precision`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import optax
 from da_framework.losses.registry import LossInputs
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
+from da_framework.train.precision import cast_floating, cast_like, get_compute_dtype
 from da_framework.train.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -57,6 +60,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     total_steps: int,
     input_key: str = "image",
+    compute_dtype: str = "float32",
 ) -> TrainStep:
     """Builds the pure train step of ``method`` for ``model`` optimised by ``tx``.
 
@@ -66,32 +70,46 @@ def make_train_step(
       tx: the optimiser over ``{"model": ..., "aux": ...}`` parameters.
       total_steps: steps of the whole run (progress p = step / total_steps).
       input_key: the batch field holding model inputs (``"image"`` or ``"text"``).
+      compute_dtype: ``"float32"`` or ``"bfloat16"`` (the model's forward and backward
+        dtype; parameters, optimiser state and losses stay float32).
 
     Returns:
       ``step(state, source_batch, target_batch, key) -> (state, metrics)``; the source
       batch needs ``input_key`` and ``"label"``, the target batch only ``input_key``.
     """
 
+    dtype = get_compute_dtype(compute_dtype)
+    low = dtype != jnp.float32
+
+    def lower(tree):  # model params and inputs in the compute dtype (ints untouched)
+        return cast_floating(tree, dtype) if low else tree
+
+    def to_f32(tree):  # what the loss terms see
+        return cast_floating(tree, jnp.float32) if low else tree
+
     def loss_fn(params, state, source_batch, target_batch, key):
         k_model, k_loss = jax.random.split(key)
         xs, xt = source_batch[input_key], target_batch[input_key]
         n_s = xs.shape[0]
-        variables = {"params": params["model"], **state.model_state}
+        variables = {"params": lower(params["model"]), **state.model_state}
         mutable = list(state.model_state)
         out = model.apply(
             variables,
-            jnp.concatenate([xs, xt]),
+            lower(jnp.concatenate([xs, xt])),
             train=True,
             rngs={"dropout": k_model},
             mutable=mutable if mutable else False,
         )
         (logits, feats), new_model_state = out if mutable else (out, {})
+        logits, feats = to_f32((logits, feats))
+        if low:  # running statistics keep their stored dtype
+            new_model_state = cast_like(dict(new_model_state), state.model_state)
 
         def apply_model(p, x, train=True):
-            v = {"params": p, **state.model_state}
+            v = {"params": lower(p), **state.model_state}
             if train and mutable:
-                return model.apply(v, x, train=True, rngs={"dropout": k_model}, mutable=mutable)[0]
-            return model.apply(v, x, train=train, rngs={"dropout": k_model})
+                return to_f32(model.apply(v, lower(x), train=True, rngs={"dropout": k_model}, mutable=mutable)[0])
+            return to_f32(model.apply(v, lower(x), train=train, rngs={"dropout": k_model}))
 
         inputs = LossInputs(
             source_features=feats[:n_s],
