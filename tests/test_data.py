@@ -64,3 +64,13 @@ def test_grain_path_matches_protocol():
     assert [b["image"].shape for b in batches] == [(4, 2), (4, 2)]
     labels = np.concatenate([b["label"] for b in batches])
     assert len(set(labels.tolist())) == 8
+
+
+def test_digits_pair_config_names_a_real_pair_and_rejects_unknown_shifts():
+    from da_framework.config import from_dict
+    from da_framework.data.digits import pair_config
+
+    cfg = from_dict(pair_config("scale"))
+    assert (cfg.source, cfg.target) == ("digits/source", "digits/scale")
+    with pytest.raises(ValueError, match="valid: blur, clean"):
+        pair_config("sheared")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -148,6 +149,27 @@ def make_digits_domain(shift: str | None) -> Domain:
         description=f"sklearn digits 16x16: {desc}",
         class_names=_CLASS_NAMES,
     )
+
+
+def pair_config(shift: str) -> dict[str, Any]:
+    """Experiment-config overrides pairing ``digits/source`` with ``digits/<shift>``.
+
+    The optimisation protocol is ExperimentConfig's default (the standard DANN protocol:
+    SGD, Nesterov momentum 0.9, lr 0.01 decayed as 1/(1+10p)^0.75, no bottleneck, 500 steps
+    of 64+64 images); the LeNet is narrowed to 16/32 channels and 256 features because the
+    images are 16x16.
+
+    Raises:
+      ValueError: for an unknown shift (the message lists the valid ones).
+    """
+    if shift not in SHIFTS:
+        raise ValueError(f"unknown digits shift {shift!r}; valid: {', '.join(sorted(SHIFTS))}")
+    return {
+        "source": "digits/source",
+        "target": f"digits/{shift}",
+        "model": "lenet",
+        "model_kwargs": {"channels": (16, 32), "dense": 256},
+    }
 
 
 def _register_all() -> None:
