@@ -12,9 +12,9 @@ network, loss and optimiser, written the way Transfer-Learning-Library runs it (
 the bottleneck features, ``loss.backward(); optimizer.step()``), are timed in the same
 process, alternating JAX and PyTorch rounds so that both see the same machine load.  The
 table reports the median examples/s over rounds (source + target examples per second), the
-JAX/PyTorch ratio, the JAX compile time (lower + compile), the compiled step's FLOPs (XLA cost
-analysis) and, on a GPU, the model FLOPs utilisation: achieved FLOP/s over the device's peak
-(:data:`PEAK_TFLOPS`).  Data are synthetic batches already on the device: this measures the
+JAX/PyTorch ratio, the JAX compile time (lower + compile), the step's model FLOPs (matrix
+products and convolutions counted from its jaxpr, :mod:`da_framework.train.flops`) and, on
+a GPU, the model FLOPs utilisation: achieved FLOP/s over the device's peak (:data:`PEAK_TFLOPS`).  Data are synthetic batches already on the device: this measures the
 step, not the input pipeline.
 
 PyTorch is not a dependency of da_framework: ``pip install 'da_framework[bench]'`` (or
@@ -40,6 +40,7 @@ from da_framework.losses.mmd import DEFAULT_ALPHAS
 from da_framework.losses.registry import LossError, get_loss
 from da_framework.models import make_model
 from da_framework.train import init_train_state, make_optimizer, make_train_step, parse_method
+from da_framework.train.flops import model_flops
 
 # Dense peak TFLOP/s by device kind (substring of ``jax.devices()[0].device_kind``):
 # (bfloat16 tensor cores, float32 as JAX runs it on GPU by default = TF32 tensor cores).
@@ -103,9 +104,8 @@ def jax_runner(model_name: str, method_name: str, dtype: str, batch: int, seed: 
     start = time.perf_counter()
     compiled = step.lower(state, s0, t0, key).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    # Model FLOPs from the step's jaxpr: XLA's cost_analysis misses convolutions run by cuDNN.
+    flops = model_flops(lambda st, s, t, k: raw(st, s, t, jax.random.fold_in(k, st.step)), state, s0, t0, key)
     box = {"state": state}
 
     def run(n: int) -> float:
