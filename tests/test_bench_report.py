@@ -75,3 +75,11 @@ def test_report_command_writes_files(tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "no results folder" in r.output
+
+
+def test_report_of_a_partial_sweep_where_a_method_lacks_a_pair(tmp_path):
+    """A sweep stopped half-way: method 'c' ran on rotate only; the report must still be written."""
+    for i, r in enumerate([*_records(), _rec("c", "digits/rotate", 0, 0.4)]):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    write_report(tmp_path)
+    assert "| c " in (tmp_path / "report.md").read_text()

@@ -264,10 +264,13 @@ def write_plots(records: Sequence[dict[str, Any]], out_dir: Path, embedding: str
     for p in pairs:
         stem = p.replace("/", "_").replace("→", "_to_")
         hist = {m: [runs[0]["history"] for (mm, pp, s), runs in sorted(idx.items()) if mm == m and pp == p] for m in methods}
+        hist = {m: h for m, h in hist.items() if h}  # a partial sweep may lack a method on this pair
         written.append(plot_curves(hist, out_dir / f"curves_{stem}.png", ("source_train_accuracy", "target_test_accuracy"), title=p))
         panels = {}
         for m in methods:
             runs = sorted(((s, runs) for (mm, pp, s), runs in idx.items() if mm == m and pp == p), key=lambda t: t[0])
+            if not runs:
+                continue
             rec = runs[0][1][0]
             fpath = Path(rec["_path"]).with_name(rec["features_file"]) if rec.get("features_file") else None
             if fpath is not None and fpath.is_file():
