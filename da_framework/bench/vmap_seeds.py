@@ -75,7 +75,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResul
     states = init(key_init, s_batch[x_key], t_batch[x_key], s_batch["label"])
 
     traces = [0]
-    raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key)
+    raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype)
 
     def counted_step(*args: Any) -> Any:
         traces[0] += 1
