@@ -59,7 +59,10 @@ MODELS: dict[str, dict[str, Any]] = {
     "lenet": dict(name="lenet", shape=(28, 28, 1), classes=10, batch=32, kwargs={}),
     # ResNet-50 on 224x224 RGB (Office-31 has 31 classes)
     "resnet50": dict(name="resnet50", shape=(224, 224, 3), classes=31, batch=32, kwargs={}),
+    # ViT-Base/16 on 224x224 RGB: a matmul-bound backbone (JAX side only; no PyTorch twin here)
+    "vit_b16": dict(name="vit_b16", shape=(224, 224, 3), classes=31, batch=32, kwargs={}),
 }
+TORCH_MODELS = ("lenet", "resnet50")  # the models torch_runner has a PyTorch version of
 METHODS: dict[str, str] = {
     "source_only": "cross_entropy",
     "dann": "cross_entropy + 1.0*dann",
@@ -76,6 +79,7 @@ class Runner:
     run: Callable[[int], float]
     compile_s: float = float("nan")
     flops_per_step: float = float("nan")
+    compiled: Any = None  # the JAX side's compiled executable (for cost analysis and profiling)
 
 
 # --------------------------------------------------------------------------------- JAX
@@ -120,7 +124,7 @@ def jax_runner(model_name: str, method_name: str, dtype: str, batch: int, seed: 
         return time.perf_counter() - t
 
     run(2)  # warm-up
-    return Runner(run, compile_s, flops)
+    return Runner(run, compile_s, flops, compiled)
 
 
 # ----------------------------------------------------------------------------- PyTorch
@@ -331,14 +335,14 @@ def main() -> None:
 
     rows = []
     for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        big = model_name == "resnet50"
+        big = model_name != "lenet"
         batch = args.batch or (4 if big and not on_gpu else MODELS[model_name]["batch"])
         steps = args.steps or (50 if not big else (20 if on_gpu else 2))
         for method_name in methods:
             for dtype in [d.strip() for d in args.dtypes.split(",")]:
                 console.log(f"{model_name} {method_name} {dtype}: compiling")
                 jr = jax_runner(model_name, method_name, dtype, batch)
-                tr = torch_runner(model_name, method_name, dtype, batch) if have_torch else None
+                tr = torch_runner(model_name, method_name, dtype, batch) if have_torch and model_name in TORCH_MODELS else None
                 jax_eps, torch_eps = [], []
                 for _ in range(args.rounds):  # alternate, so both see the same load
                     jax_eps.append(2 * batch * steps / jr.run(steps))

@@ -8,7 +8,7 @@ from da_framework.models import ModelError, make_model
 
 
 @pytest.mark.parametrize(
-    "name, shape", [("mlp", (3, 16, 16, 1)), ("lenet", (3, 16, 16, 1)), ("resnet8", (3, 32, 32, 3)), ("resnet18", (2, 64, 64, 3))]
+    "name, shape", [("mlp", (3, 16, 16, 1)), ("lenet", (3, 16, 16, 1)), ("resnet8", (3, 32, 32, 3)), ("resnet18", (2, 64, 64, 3)), ("vit_tiny", (2, 16, 16, 3))]
 )
 @pytest.mark.parametrize("bottleneck", [None, 32])
 def test_models_return_logits_and_features(name, shape, bottleneck):
@@ -27,3 +27,24 @@ def test_unknown_model_lists_valid_names():
         make_model("vgg", 10)
     with pytest.raises(ModelError, match="bad arguments"):
         make_model("lenet", 10, depth=3)
+
+
+def test_vit_b16_has_vit_base_size_and_width():
+    """ViT-Base/16 at 224x224: 768 features and 85.8M backbone parameters (as in the paper, 86M)."""
+    model = make_model("vit_b16", num_classes=10)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    n = sum(x.size for x in jax.tree.leaves(shapes["params"]["backbone"]))
+    # embedding 16*16*3*768+768, cls 768, positions 197*768, 12 blocks of
+    # (2 LayerNorms 4*768, attention 4*(768*768+768), MLP 768*3072+3072+3072*768+768), final LN 2*768
+    block = 4 * 768 + 4 * (768 * 768 + 768) + 768 * 3072 + 3072 + 3072 * 768 + 768
+    assert n == (16 * 16 * 3 * 768 + 768) + 768 + 197 * 768 + 12 * block + 2 * 768
+    assert 85e6 < n < 87e6
+    logits, feats = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3))), shapes)
+    assert feats.shape == (2, 768) and logits.shape == (2, 10)
+
+
+def test_vit_rejects_images_that_do_not_tile_into_patches():
+    model = make_model("vit_tiny", num_classes=3)
+    with pytest.raises(ValueError, match="multiples of the patch size 4"):
+        model.init(jax.random.key(0), jnp.zeros((1, 18, 16, 3)))
+

@@ -5,6 +5,7 @@ from da_framework.models.lenet import LeNet
 from da_framework.models.mlp import MLP
 from da_framework.models.registry import BACKBONES, ModelError, make_model
 from da_framework.models.resnet import ResNet, ResNet8, ResNet18, ResNet20, ResNet50
+from da_framework.models.vit import ViT, ViTB16, ViTTiny
 
 __all__ = [
     "BACKBONES",
@@ -18,5 +19,8 @@ __all__ = [
     "ResNet18",
     "ResNet20",
     "ResNet50",
+    "ViT",
+    "ViTB16",
+    "ViTTiny",
     "make_model",
 ]

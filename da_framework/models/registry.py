@@ -12,6 +12,7 @@ from da_framework.models.lenet import LeNet
 from da_framework.models.mlp import MLP
 from da_framework.models.resnet import ResNet8, ResNet18, ResNet20, ResNet50
 from da_framework.models.text import BiLSTM, TextCNN
+from da_framework.models.vit import ViTB16, ViTTiny
 
 BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mlp": (MLP, "2-layer MLP (256, 256) on flattened inputs"),
@@ -20,6 +21,8 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet20": (ResNet20, "CIFAR-style ResNet-20, width 16"),
     "resnet18": (ResNet18, "ImageNet-style ResNet-18"),
     "resnet50": (ResNet50, "ImageNet-style ResNet-50 (bottleneck blocks)"),
+    "vit_tiny": (ViTTiny, "small Vision Transformer (patch 4, width 32, 2 blocks) for tests"),
+    "vit_b16": (ViTB16, "ViT-Base/16 (Dosovitskiy et al. 2021), 768 features"),
     "text_cnn": (TextCNN, "token ids: embedding + 1-D convolutions (3, 5) + max-pool"),
     "bilstm": (BiLSTM, "token ids: embedding + bidirectional LSTM + mean-pool"),
 }
