@@ -83,3 +83,14 @@ def test_report_of_a_partial_sweep_where_a_method_lacks_a_pair(tmp_path):
         (tmp_path / f"r{i}.json").write_text(json.dumps(r))
     write_report(tmp_path)
     assert "| c " in (tmp_path / "report.md").read_text()
+
+
+def test_loss_weight_grid_points_are_one_method_in_the_report():
+    """Records of a weight grid (config.method differs per point) group under sweep_method."""
+    recs = [_rec("cross_entropy + 0.1*dann", "digits/rotate", 0, 0.2, sval=0.9),
+            _rec("cross_entropy + 3.0*dann", "digits/rotate", 0, 0.8, sval=0.5)]
+    for r in recs:
+        r["sweep_method"] = "dann"
+    t = headline_table(recs, "source_val_accuracy")
+    assert [row[0] for row in t.rows] == ["dann"] and t.rows[0][1] == "20.0"
+    assert headline_table(recs, "target_oracle_accuracy").rows[0][1] == "80.0"

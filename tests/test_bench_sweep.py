@@ -37,9 +37,26 @@ def test_expand_sweep_paths_and_configs(tmp_path):
     assert r.config.checkpoint_every == 2 and ".checkpoints" in r.config.checkpoint_dir
 
 
+def test_loss_weight_grid_rewrites_the_method_and_keeps_baselines_once(tmp_path):
+    sweep = _sweep(grid={"weight:dann": [0.1, 3], "learning_rate": [1e-3]})
+    runs = expand_sweep(sweep, tmp_path)
+    # source_only has no dann term: one run per seed, not one per weight
+    base = [r for r in runs if r.sweep_method == "source_only"]
+    assert len(base) == 2 and all(r.config.method == "source_only" for r in base)
+    assert base[0].path.parent.name == "learning_rate=0.001" and base[0].hparams == {"learning_rate": 1e-3}
+    dann = [r for r in runs if r.sweep_method == "dann"]
+    assert len(dann) == 2 * 2 and len({r.path for r in dann}) == 4
+    assert sorted({r.config.method for r in dann}) == ["cross_entropy + 0.1*dann", "cross_entropy + 3.0*dann"]
+    assert all(r.config.learning_rate == 1e-3 for r in runs)
+    assert dann[-1].hparams == {"weight:dann": 3, "learning_rate": 1e-3}
+    assert dann[-1].path.parent.parent.name == "dann"  # grouped under the sweep's method name
+
+
 @pytest.mark.parametrize(("bad", "message"), [
     ({"methodz": []}, "unknown sweep key"), ({"seeds": []}, "non-empty 'seeds'"),
     ({"base": {"stepz": 1}}, "unknown config key 'stepz'"), ({"grid": {"seed": [1]}}, "must not set seed"),
+    ({"grid": {"weight:coral": [1.0]}}, "no method of the sweep has a 'coral' term; losses in its methods: cross_entropy, dann"),
+    ({"grid": {"weight:dann": ["big"]}}, "must list numbers"),
 ])
 def test_bad_sweeps_name_the_problem(bad, message):
     with pytest.raises(ConfigError, match=message):

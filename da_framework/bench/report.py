@@ -152,11 +152,17 @@ def to_latex(table: TableData) -> str:
     return "\n".join(lines) + "\n"
 
 
+def method_name(record: Mapping[str, Any]) -> str:
+    """The method a record belongs to: as the sweep names it (a loss-weight grid point's
+    ``config.method`` is the resolved spec), else its config's method."""
+    return record.get("sweep_method") or record["config"]["method"]
+
+
 def _index(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
     """(method, pair, seed) -> the runs of every grid point."""
     out: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        out[(r["config"]["method"], pair_name(r), int(r["seed"]))].append(r)
+        out[(method_name(r), pair_name(r), int(r["seed"]))].append(r)
     return out
 
 
@@ -222,11 +228,11 @@ def selection_table(records: Sequence[dict[str, Any]]) -> TableData:
 
 def scores_table(records: Sequence[dict[str, Any]]) -> TableData:
     """Table 3: raw validator scores and proxy A-distance per method (mean over pairs and seeds)."""
-    methods = _ordered([r["config"]["method"] for r in records])
+    methods = _ordered([method_name(r) for r in records])
     keys = [v for v in VALIDATORS if all(v in r.get("selection", {}) for r in records)]
     cells = {}
     for m in methods:
-        rs = [r for r in records if r["config"]["method"] == m]
+        rs = [r for r in records if method_name(r) == m]
         cells[m] = {k: [r["selection"][k] for r in rs] for k in keys}
         pads = [r["analysis"]["proxy_a_distance"] for r in rs if "proxy_a_distance" in r.get("analysis", {})]
         if pads:

@@ -10,6 +10,8 @@ A sweep file (``experiments/sweeps/<name>.py`` or any path) defines ``get_sweep(
             "pairs": [("digits/source", "digits/rotate"), ...],
             "seeds": [0, 1, 2],
             "grid": {"learning_rate": [1e-3, 3e-4]},            # optional; cartesian product
+            # a loss weight is a grid key too: "weight:<loss>" sets that term's weight in
+            # every method that has the loss (methods without it run once per other point)
             "checkpoint_every": 100,                             # optional; in-run resume
         }
 
@@ -38,6 +40,7 @@ from da_framework.config import ConfigError, ExperimentConfig, config_keys, expe
 from da_framework.results import make_record, slug, write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "methods", "pairs", "seeds", "grid", "checkpoint_every")
+WEIGHT_PREFIX = "weight:"  # grid key "weight:<loss>": the weight of that loss term
 FEATURES_PER_DOMAIN = 300  # examples per domain kept for embedding plots
 
 
@@ -49,11 +52,15 @@ class RunSpec:
       config: the full run config.
       path: the record's JSON path.
       hparams: the grid values of this run (empty without a grid).
+      sweep_method: the method as the sweep file names it (``config.method`` is the
+        resolved spec, e.g. ``"cross_entropy + 100.0*coral"`` for ``"coral"`` at
+        ``weight:coral=100``); reports group grid points by it.
     """
 
     config: ExperimentConfig
     path: Path
     hparams: Mapping[str, Any]
+    sweep_method: str | None = None
 
 
 def sweep_path(name_or_path: str) -> Path:
@@ -93,13 +100,54 @@ def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
     for pair in out["pairs"]:
         if len(pair) != 2:
             raise ConfigError(f"sweep pair {pair!r} must be (source, target)")
-    for key in list(out["base"]) + list(out["grid"]):
+    for key in out["grid"]:
+        if key.startswith(WEIGHT_PREFIX):
+            _check_weight_key(key, out["grid"][key], out["methods"])
+    for key in list(out["base"]) + [k for k in out["grid"] if not k.startswith(WEIGHT_PREFIX)]:
         if key not in config_keys():
             raise ConfigError(f"unknown config key {key!r} in sweep; valid keys: {', '.join(config_keys())}")
     clash = {"method", "source", "target", "seed", "name"} & (set(out["base"]) | set(out["grid"]))
     if clash:
         raise ConfigError(f"sweep base/grid must not set {', '.join(sorted(clash))}; use methods/pairs/seeds/name")
     return out
+
+
+def _check_weight_key(key: str, values: Sequence[Any], methods: Sequence[str]) -> None:
+    """A ``weight:<loss>`` grid key must name a loss of at least one method and list numbers."""
+    from da_framework.train.method import parse_method
+
+    loss = key[len(WEIGHT_PREFIX):]
+    having = [m for m in methods if loss in {t.loss for t in parse_method(m).terms}]
+    if not having:
+        losses = sorted({t.loss for m in methods for t in parse_method(m).terms})
+        raise ConfigError(
+            f"sweep grid key {key!r}: no method of the sweep has a {loss!r} term; "
+            f"losses in its methods: {', '.join(losses)}"
+        )
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise ConfigError(f"sweep grid key {key!r} must list numbers (loss weights); got {bad!r}")
+
+
+def method_at(method: str, hparams: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``method`` with the ``weight:<loss>`` values of a grid point applied.
+
+    Returns the resolved method spec and the grid values that apply to this method: the
+    weight keys of losses the method does not have are dropped (so a baseline such as
+    ``source_only`` runs once per remaining grid point, not once per weight).
+    """
+    from da_framework.train.method import parse_method
+
+    weights = {k[len(WEIGHT_PREFIX):]: v for k, v in hparams.items() if k.startswith(WEIGHT_PREFIX)}
+    if not weights:
+        return method, dict(hparams)
+    parsed = parse_method(method)
+    own = {t.loss for t in parsed.terms}
+    applied = {k: v for k, v in hparams.items() if not k.startswith(WEIGHT_PREFIX) or k[len(WEIGHT_PREFIX):] in own}
+    if not own & set(weights):
+        return method, applied
+    terms = tuple(dataclasses.replace(t, weight=float(weights.get(t.loss, t.weight))) for t in parsed.terms)
+    return dataclasses.replace(parsed, terms=terms).spec(), applied
 
 
 def _hp_slug(hparams: Mapping[str, Any]) -> str:
@@ -118,15 +166,20 @@ def expand_sweep(sweep: Mapping[str, Any], results_dir: Path) -> list[RunSpec]:
     root = results_dir / slug(sweep["name"])
     grid = sweep["grid"]
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
-    runs = []
+    runs, seen = [], set()
     for (src, tgt), method in itertools.product(sweep["pairs"], sweep["methods"]):
         parse_method(method)  # fail fast on a bad method, before any training
-        for hp, seed in itertools.product(points, sweep["seeds"]):
+        for point, seed in itertools.product(points, sweep["seeds"]):
+            spec, hp = method_at(method, point)
             rel = Path(f"{slug(src)}__{slug(tgt)}") / slug(method) / _hp_slug(hp) / f"seed{seed}"
-            values = {**sweep["base"], **hp, "name": sweep["name"], "source": src, "target": tgt, "method": method, "seed": seed}
+            if rel in seen:  # a weight this method does not have: already listed
+                continue
+            seen.add(rel)
+            config_hp = {k: v for k, v in hp.items() if not k.startswith(WEIGHT_PREFIX)}
+            values = {**sweep["base"], **config_hp, "name": sweep["name"], "source": src, "target": tgt, "method": spec, "seed": seed}
             if sweep["checkpoint_every"]:
                 values.update(checkpoint_every=sweep["checkpoint_every"], checkpoint_dir=str(root / ".checkpoints" / rel))
-            runs.append(RunSpec(from_dict(values), root / rel.with_suffix(".json"), hp))
+            runs.append(RunSpec(from_dict(values), root / rel.with_suffix(".json"), hp, method))
     return runs
 
 
@@ -177,6 +230,8 @@ def _write_run(run: RunSpec, result: Any, extra: Mapping[str, Any] | None = None
     selection, analysis, features = evaluate_for_selection(run.config, result.state)
     record = make_record(result.config, result.metrics, result.history, result.wall_time_s)
     record.update(selection=selection, analysis=analysis, hparams=dict(run.hparams), features_file=features_path(run.path).name)
+    if run.sweep_method is not None:
+        record["sweep_method"] = run.sweep_method
     record.update(extra or {})
     run.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = run.path.with_suffix(".features.tmp.npz")
