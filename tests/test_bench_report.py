@@ -5,7 +5,15 @@ import statistics
 
 from typer.testing import CliRunner
 
-from da_framework.bench.report import headline_table, selection_table, summary_table, to_latex, to_markdown, write_report
+from da_framework.bench.report import (
+    grid_table,
+    headline_table,
+    selection_table,
+    summary_table,
+    to_latex,
+    to_markdown,
+    write_report,
+)
 from da_framework.cli import app
 
 
@@ -94,3 +102,13 @@ def test_loss_weight_grid_points_are_one_method_in_the_report():
     t = headline_table(recs, "source_val_accuracy")
     assert [row[0] for row in t.rows] == ["dann"] and t.rows[0][1] == "20.0"
     assert headline_table(recs, "target_oracle_accuracy").rows[0][1] == "80.0"
+
+
+def test_grid_table_lists_every_grid_point_without_selection():
+    recs = [_rec("a", "digits/rotate", s, acc, lr=lr) for s, (lr, acc) in enumerate([(1e-3, 0.2), (1e-2, 0.8)])]
+    recs += [_rec("a", "digits/rotate", s, acc, lr=lr) for s, (lr, acc) in enumerate([(1e-2, 0.6), (1e-3, 0.4)])]
+    t = grid_table(recs)
+    rows = {row[0]: row[1] for row in t.rows}
+    # lr=1e-3: seeds 0 and 1 -> 0.2 and 0.4; lr=1e-2: seeds 1 and 0 -> 0.8 and 0.6
+    assert rows == {"a @ learning_rate=0.001": f"30.0 ± {100 * statistics.stdev([0.2, 0.4]):.1f}",
+                    "a @ learning_rate=0.01": f"70.0 ± {100 * statistics.stdev([0.8, 0.6]):.1f}"}

@@ -287,12 +287,36 @@ def write_plots(records: Sequence[dict[str, Any]], out_dir: Path, embedding: str
     return written
 
 
+def _point_label(record: Mapping[str, Any]) -> str:
+    hp = record.get("hparams") or {}
+    name = method_name(record)
+    return name + (" @ " + ", ".join(f"{k}={v}" for k, v in hp.items()) if hp else "")
+
+
+def grid_table(records: Sequence[dict[str, Any]], metric: str = "target_test_accuracy") -> TableData:
+    """Table 2 of a sweep with a grid: ``metric`` of every grid point of every method, no selection.
+
+    One row per (method, grid point), e.g. ``coral @ weight:coral=100``, one column per pair
+    plus their average; it shows what the validators of the selection table choose among.
+    """
+    pairs = _ordered([pair_name(r) for r in records])
+    per_point: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        per_point[_point_label(r)][pair_name(r)][int(r["seed"])] = r["metrics"][metric]
+    cells = {label: _with_average(per, pairs) for label, per in per_point.items()}
+    note = (f"{metric} in %, mean ± std over seeds, of every grid point (no model selection); "
+            "avg = mean over pairs per seed. Bold: best mean per column.")
+    return summary_table(f"Every grid point: {metric} (%)", cells, [*pairs, "avg"], note=note)
+
+
 def write_report(results_dir: Path, select: str = DEFAULT_VALIDATOR, metric: str = "target_test_accuracy", embedding: str = "pca") -> list[Path]:
     """Writes ``report.md``, ``report.tex`` and ``plots/*.png`` into ``results_dir``; returns the paths."""
     if select not in VALIDATORS:
         raise ValueError(f"unknown validator {select!r}; valid: {', '.join(VALIDATORS)}")
     records = load_records(results_dir)
     tables = [headline_table(records, select, metric)]
+    if any(r.get("hparams") for r in records):
+        tables.append(grid_table(records, metric))
     if all("selection" in r for r in records):
         tables += [selection_table(records), scores_table(records)]
     if any("proxy_a_distance" in r.get("analysis", {}) for r in records):

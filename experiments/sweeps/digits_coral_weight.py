@@ -13,7 +13,7 @@ chosen validator.  Same protocol and network as ``digits_default``.
 
 
 def get_sweep() -> dict:
-    """CORAL weights 1 ... 10^4 on two shifts, 3 seeds, with source-only as the baseline."""
+    """CORAL weights 1 ... 10^6 on two shifts, 3 seeds, with source-only as the baseline."""
     return {
         "name": "digits_coral_weight",
         "base": {
@@ -25,6 +25,6 @@ def get_sweep() -> dict:
         "methods": ["source_only", "coral"],
         "pairs": [("digits/source", "digits/scale"), ("digits/source", "digits/rotate")],
         "seeds": [0, 1, 2],
-        "grid": {"weight:coral": [1, 100, 1000, 10000]},
+        "grid": {"weight:coral": [1, 100, 1000, 10000, 100000, 1000000]},
         "checkpoint_every": 100,
     }
