@@ -52,11 +52,24 @@ def test_loss_weight_grid_rewrites_the_method_and_keeps_baselines_once(tmp_path)
     assert dann[-1].path.parent.parent.name == "dann"  # grouped under the sweep's method name
 
 
+def test_loss_hyperparameter_grid_sets_the_term_hparams(tmp_path):
+    sweep = {**_sweep(), "methods": ["source_only", "mdd"], "grid": {"mdd.margin": [2.0, 4.0], "weight:mdd": [0.5]}}
+    runs = expand_sweep(sweep, tmp_path)
+    assert len(runs) == 2 + 2 * 2  # source_only once per seed; mdd at 2 margins x 2 seeds
+    specs = sorted({r.config.method for r in runs if r.sweep_method == "mdd"})
+    assert specs == ["cross_entropy + 0.5*mdd(margin=2.0)", "cross_entropy + 0.5*mdd(margin=4.0)"]
+    from da_framework.train.method import parse_method
+
+    term = parse_method(specs[0]).terms[1]
+    assert term.weight == 0.5 and dict(term.hparams) == {"margin": 2.0}
+
+
 @pytest.mark.parametrize(("bad", "message"), [
     ({"methodz": []}, "unknown sweep key"), ({"seeds": []}, "non-empty 'seeds'"),
     ({"base": {"stepz": 1}}, "unknown config key 'stepz'"), ({"grid": {"seed": [1]}}, "must not set seed"),
     ({"grid": {"weight:coral": [1.0]}}, "no method of the sweep has a 'coral' term; losses in its methods: cross_entropy, dann"),
     ({"grid": {"weight:dann": ["big"]}}, "must list numbers"),
+    ({"grid": {"dann.margin": [1.0]}}, "loss 'dann' has no hyper-parameter 'margin'; valid: gamma, max_coeff"),
 ])
 def test_bad_sweeps_name_the_problem(bad, message):
     with pytest.raises(ConfigError, match=message):

@@ -10,8 +10,9 @@ A sweep file (``experiments/sweeps/<name>.py`` or any path) defines ``get_sweep(
             "pairs": [("digits/source", "digits/rotate"), ...],
             "seeds": [0, 1, 2],
             "grid": {"learning_rate": [1e-3, 3e-4]},            # optional; cartesian product
-            # a loss weight is a grid key too: "weight:<loss>" sets that term's weight in
-            # every method that has the loss (methods without it run once per other point)
+            # loss weights and loss hyper-parameters are grid keys too: "weight:<loss>" sets
+            # that term's weight, "<loss>.<name>" its hyper-parameter, in every method that
+            # has the loss (methods without it run once per remaining grid point)
             "checkpoint_every": 100,                             # optional; in-run resume
         }
 
@@ -41,6 +42,16 @@ from da_framework.results import make_record, slug, write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "methods", "pairs", "seeds", "grid", "checkpoint_every")
 WEIGHT_PREFIX = "weight:"  # grid key "weight:<loss>": the weight of that loss term
+
+
+def _method_key(key: str) -> tuple[str, str] | None:
+    """``("weight", loss)`` for ``weight:<loss>``, ``(name, loss)`` for ``<loss>.<name>``, else None."""
+    if key.startswith(WEIGHT_PREFIX):
+        return "weight", key[len(WEIGHT_PREFIX):]
+    if "." in key:
+        loss, name = key.split(".", 1)
+        return name, loss
+    return None
 FEATURES_PER_DOMAIN = 300  # examples per domain kept for embedding plots
 
 
@@ -101,9 +112,9 @@ def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
         if len(pair) != 2:
             raise ConfigError(f"sweep pair {pair!r} must be (source, target)")
     for key in out["grid"]:
-        if key.startswith(WEIGHT_PREFIX):
-            _check_weight_key(key, out["grid"][key], out["methods"])
-    for key in list(out["base"]) + [k for k in out["grid"] if not k.startswith(WEIGHT_PREFIX)]:
+        if _method_key(key):
+            _check_method_key(key, out["grid"][key], out["methods"])
+    for key in list(out["base"]) + [k for k in out["grid"] if not _method_key(k)]:
         if key not in config_keys():
             raise ConfigError(f"unknown config key {key!r} in sweep; valid keys: {', '.join(config_keys())}")
     clash = {"method", "source", "target", "seed", "name"} & (set(out["base"]) | set(out["grid"]))
@@ -112,11 +123,13 @@ def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_weight_key(key: str, values: Sequence[Any], methods: Sequence[str]) -> None:
-    """A ``weight:<loss>`` grid key must name a loss of at least one method and list numbers."""
+def _check_method_key(key: str, values: Sequence[Any], methods: Sequence[str]) -> None:
+    """A ``weight:<loss>`` or ``<loss>.<name>`` grid key must name a loss of at least one method
+    (and, for ``<loss>.<name>``, one of its hyper-parameters); weights must be numbers."""
+    from da_framework.losses.registry import get_loss
     from da_framework.train.method import parse_method
 
-    loss = key[len(WEIGHT_PREFIX):]
+    name, loss = _method_key(key)  # type: ignore[misc]
     having = [m for m in methods if loss in {t.loss for t in parse_method(m).terms}]
     if not having:
         losses = sorted({t.loss for m in methods for t in parse_method(m).terms})
@@ -124,30 +137,38 @@ def _check_weight_key(key: str, values: Sequence[Any], methods: Sequence[str]) -
             f"sweep grid key {key!r}: no method of the sweep has a {loss!r} term; "
             f"losses in its methods: {', '.join(losses)}"
         )
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
-    if bad:
-        raise ConfigError(f"sweep grid key {key!r} must list numbers (loss weights); got {bad!r}")
+    if name == "weight":
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise ConfigError(f"sweep grid key {key!r} must list numbers (loss weights); got {bad!r}")
+    elif name not in get_loss(loss).hparams:
+        valid = ", ".join(get_loss(loss).hparams) or "none"
+        raise ConfigError(f"sweep grid key {key!r}: loss {loss!r} has no hyper-parameter {name!r}; valid: {valid}")
 
 
 def method_at(method: str, hparams: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``method`` with the ``weight:<loss>`` values of a grid point applied.
+    """``method`` with the loss weights and loss hyper-parameters of a grid point applied.
 
     Returns the resolved method spec and the grid values that apply to this method: the
-    weight keys of losses the method does not have are dropped (so a baseline such as
-    ``source_only`` runs once per remaining grid point, not once per weight).
+    ``weight:<loss>`` and ``<loss>.<name>`` keys of losses the method does not have are
+    dropped (so a baseline such as ``source_only`` runs once per remaining grid point).
     """
     from da_framework.train.method import parse_method
 
-    weights = {k[len(WEIGHT_PREFIX):]: v for k, v in hparams.items() if k.startswith(WEIGHT_PREFIX)}
-    if not weights:
+    keyed = {k: _method_key(k) for k in hparams}
+    if not any(keyed.values()):
         return method, dict(hparams)
     parsed = parse_method(method)
     own = {t.loss for t in parsed.terms}
-    applied = {k: v for k, v in hparams.items() if not k.startswith(WEIGHT_PREFIX) or k[len(WEIGHT_PREFIX):] in own}
-    if not own & set(weights):
+    applied = {k: v for k, v in hparams.items() if keyed[k] is None or keyed[k][1] in own}
+    terms = []
+    for t in parsed.terms:
+        mine = {keyed[k][0]: v for k, v in applied.items() if keyed[k] is not None and keyed[k][1] == t.loss}
+        weight = float(mine.pop("weight", t.weight))
+        terms.append(dataclasses.replace(t, weight=weight, hparams=tuple({**dict(t.hparams), **mine}.items())))
+    if all(keyed[k] is None for k in applied):
         return method, applied
-    terms = tuple(dataclasses.replace(t, weight=float(weights.get(t.loss, t.weight))) for t in parsed.terms)
-    return dataclasses.replace(parsed, terms=terms).spec(), applied
+    return dataclasses.replace(parsed, terms=tuple(terms)).spec(), applied
 
 
 def _hp_slug(hparams: Mapping[str, Any]) -> str:
@@ -175,7 +196,7 @@ def expand_sweep(sweep: Mapping[str, Any], results_dir: Path) -> list[RunSpec]:
             if rel in seen:  # a weight this method does not have: already listed
                 continue
             seen.add(rel)
-            config_hp = {k: v for k, v in hp.items() if not k.startswith(WEIGHT_PREFIX)}
+            config_hp = {k: v for k, v in hp.items() if not _method_key(k)}
             values = {**sweep["base"], **config_hp, "name": sweep["name"], "source": src, "target": tgt, "method": spec, "seed": seed}
             if sweep["checkpoint_every"]:
                 values.update(checkpoint_every=sweep["checkpoint_every"], checkpoint_dir=str(root / ".checkpoints" / rel))
