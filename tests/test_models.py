@@ -48,3 +48,16 @@ def test_vit_rejects_images_that_do_not_tile_into_patches():
     with pytest.raises(ValueError, match="multiples of the patch size 4"):
         model.init(jax.random.key(0), jnp.zeros((1, 18, 16, 3)))
 
+
+
+def test_vit_trains_with_dann_in_one_compilation():
+    """The ViT backbone runs through train() in bfloat16 (digits 16x16 images, patch 4)."""
+    from da_framework.config import ExperimentConfig
+    from da_framework.train import train
+
+    r = train(ExperimentConfig(method="dann", model="vit_tiny", bottleneck_dim=16, batch_size=8, steps=3,
+                               log_every=1, compute_dtype="bfloat16"))
+    assert r.compile_count == 1 and int(r.state.step) == 3
+    losses = [h["loss"] for h in r.history if "loss" in h]
+    assert len(losses) == 3 and np.all(np.isfinite(losses))
+    assert 0.0 <= r.metrics["target_test_accuracy"] <= 1.0
