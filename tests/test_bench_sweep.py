@@ -155,3 +155,22 @@ def test_bench_vmap_seeds_option_writes_every_seed(tmp_path):
     assert {"selection", "analysis", "metrics"} <= set(rec)
     r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "res"), "--vmap-seeds"])
     assert r.exit_code == 0 and "2 already done" in r.output
+
+
+def test_diverging_grid_point_is_recorded_skipped_on_resume_and_reported(tmp_path):
+    """A non-finite loss does not stop the sweep: the run gets a diverged record, not a crash."""
+    from da_framework.bench.report import write_report
+    from da_framework.bench.sweep import DIVERGED_FORMAT, pending, run_or_record_divergence
+
+    sweep = {**_sweep(), "methods": ["dann"], "seeds": [0], "grid": {"learning_rate": [1e-2, 1e9]}}
+    sweep["base"] = {**sweep["base"], "steps": 6, "log_every": 2}
+    runs = expand_sweep(sweep, tmp_path)
+    records = [run_or_record_divergence(r) for r in runs]
+    assert records[0]["format"].startswith("da_framework.run") and records[0]["metrics"]
+    bad = json.loads(runs[1].path.read_text())
+    assert bad["format"] == DIVERGED_FORMAT and "non-finite loss" in bad["error"]
+    assert bad["hparams"] == {"learning_rate": 1e9}
+    assert pending(runs) == []  # a resumed sweep skips it: same config and seed diverge again
+    write_report(tmp_path / "t")
+    md = (tmp_path / "t" / "report.md").read_text()
+    assert "### Diverged runs" in md and "| dann @ learning_rate=1000000000.0 | digits/source→rotate | 0 | non-finite loss at step" in md

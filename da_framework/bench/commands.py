@@ -35,7 +35,7 @@ def bench(
     vmap_seeds: Annotated[bool, typer.Option(help="train the pending seeds of each (pair, method, grid point) as one vmapped program")] = False,
 ) -> None:
     """Run every run of a sweep that has no result yet (methods x pairs x seeds x grid); resumable."""
-    from da_framework.bench.sweep import expand_sweep, load_sweep, pending, run_one, run_seed_group, seed_groups
+    from da_framework.bench.sweep import expand_sweep, load_sweep, pending, run_or_record_divergence, run_seed_group, seed_groups
 
     errors = _user_errors()
     try:
@@ -73,14 +73,17 @@ def bench(
                 progress.update(task, completed=step, info=f"loss {metrics['loss']:.3f}")
 
             try:
-                record = run_one(run, on_log=on_log)
+                record = run_or_record_divergence(run, on_log=on_log)
             except errors as e:
                 _fail(f"{label}: {e}")
             progress.remove_task(task)
-            progress.console.print(
-                f"{label}: target acc {record['metrics']['target_test_accuracy']:.3f} "
-                f"({record['wall_time_s']:.1f}s) -> {run.path}"
-            )
+            if record.get("status") == "diverged":
+                progress.console.print(f"[yellow]diverged:[/] {label}: {record['error']} -> recorded in {run.path}", soft_wrap=True)
+            else:
+                progress.console.print(
+                    f"{label}: target acc {record['metrics']['target_test_accuracy']:.3f} "
+                    f"({record['wall_time_s']:.1f}s) -> {run.path}"
+                )
             progress.advance(total)
     left = len(pending(runs))
     console.print(f"done: {len(runs) - left}/{len(runs)} runs finished" + (f", {left} pending" if left else ""))

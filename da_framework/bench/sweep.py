@@ -30,6 +30,7 @@ import importlib.util
 import itertools
 import os
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import jax
 import numpy as np
 
 from da_framework.config import ConfigError, ExperimentConfig, config_keys, experiments_dir, from_dict
-from da_framework.results import make_record, slug, write_json_atomic
+from da_framework.results import PROCESS_GIT_COMMIT, make_record, package_versions, slug, write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "methods", "pairs", "seeds", "grid", "checkpoint_every")
 WEIGHT_PREFIX = "weight:"  # grid key "weight:<loss>": the weight of that loss term
@@ -53,6 +54,7 @@ def _method_key(key: str) -> tuple[str, str] | None:
         return name, loss
     return None
 FEATURES_PER_DOMAIN = 300  # examples per domain kept for embedding plots
+DIVERGED_FORMAT = "da_framework.diverged/1"  # the record of a run whose loss became non-finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,12 +261,43 @@ def _write_run(run: RunSpec, result: Any, extra: Mapping[str, Any] | None = None
     np.savez_compressed(tmp, **features)
     tmp.replace(features_path(run.path))
     write_json_atomic(run.path, record)
-    if run.config.checkpoint_dir:  # finished: its checkpoints are no longer needed
+    _drop_checkpoints(run)
+    return record
+
+
+def _drop_checkpoints(run: RunSpec) -> None:
+    """Deletes a finished run's checkpoints (and the folders they leave empty)."""
+    if run.config.checkpoint_dir:
         shutil.rmtree(run.config.checkpoint_dir, ignore_errors=True)
         try:
-            os.removedirs(Path(run.config.checkpoint_dir).parent)  # prune now-empty folders
+            os.removedirs(Path(run.config.checkpoint_dir).parent)
         except OSError:
             pass
+
+
+def write_diverged(run: RunSpec, error: Exception) -> dict[str, Any]:
+    """Records a run whose loss became non-finite, in place of its result.
+
+    A diverged grid point is a result of the sweep, not a crash: the record (format
+    :data:`DIVERGED_FORMAT`, with the error message) makes a resumed sweep skip the run (with
+    the same config and seed it diverges again; delete the file to retry after a fix), and
+    ``da report`` lists it instead of averaging it.
+    """
+    record = {
+        "format": DIVERGED_FORMAT,
+        "status": "diverged",
+        "error": str(error),
+        "config": run.config.to_dict(),
+        "seed": run.config.seed,
+        "hparams": dict(run.hparams),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": package_versions(),
+        "git_commit": PROCESS_GIT_COMMIT,
+    }
+    if run.sweep_method is not None:
+        record["sweep_method"] = run.sweep_method
+    write_json_atomic(run.path, record)
+    _drop_checkpoints(run)
     return record
 
 
@@ -273,6 +306,16 @@ def run_one(run: RunSpec, on_log: Callable[[int, dict[str, float]], None] | None
     from da_framework.train.loop import train
 
     return _write_run(run, train(run.config, on_log=on_log))
+
+
+def run_or_record_divergence(run: RunSpec, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """:func:`run_one`, except that a non-finite loss writes a diverged record (:func:`write_diverged`)."""
+    from da_framework.train.loop import NonFiniteLossError
+
+    try:
+        return run_one(run, on_log=on_log)
+    except NonFiniteLossError as e:
+        return write_diverged(run, e)
 
 
 def run_seed_group(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
