@@ -77,7 +77,7 @@ def diverged_markdown(diverged: Sequence[Mapping[str, Any]]) -> list[str]:
     """A Markdown section listing diverged runs (empty list when there are none)."""
     if not diverged:
         return []
-    lines = ["### Diverged runs", "",
+    lines = ["", "### Diverged runs", "",
              f"{len(diverged)} run(s) stopped on a non-finite loss; they are left out of every table above.", "",
              "| method @ grid point | pair | seed | error |", "|---|---|---|---|"]
     for r in diverged:
@@ -221,7 +221,7 @@ def headline_table(records: Sequence[dict[str, Any]], select: str = DEFAULT_VALI
     n_grid = max(len(v) for v in idx.values())
     oracle = " (ORACLE: uses target labels)" if VALIDATORS[select].uses_target_labels else ""
     note = (f"{metric} in %, mean ± std over {n_seeds} seed(s); avg = mean over pairs per seed. "
-            + (f"Among {n_grid} grid points per method, each run is selected by `{select}`{oracle}. " if n_grid > 1 else "One configuration per method (no selection needed). ")
+            + (f"Among {'up to ' if len({len(v) for v in idx.values()}) > 1 else ''}{n_grid} grid points per method, each run is selected by `{select}`{oracle}. " if n_grid > 1 else "One configuration per method (no selection needed). ")
             + "Bold: best mean per column.")
     return summary_table(f"Headline: {metric} (%)", cells, [*pairs, "avg"], note=note)
 
