@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from da_framework.config import ConfigError, ExperimentConfig, config_keys, experiments_dir, from_dict
-from da_framework.results import PROCESS_GIT_COMMIT, make_record, package_versions, slug, write_json_atomic
+from da_framework.results import make_record, slug, write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "methods", "pairs", "seeds", "grid", "checkpoint_every")
 WEIGHT_PREFIX = "weight:"  # grid key "weight:<loss>": the weight of that loss term
@@ -163,13 +163,13 @@ def method_at(method: str, hparams: Mapping[str, Any]) -> tuple[str, dict[str, A
     parsed = parse_method(method)
     own = {t.loss for t in parsed.terms}
     applied = {k: v for k, v in hparams.items() if keyed[k] is None or keyed[k][1] in own}
+    if all(keyed[k] is None for k in applied):  # none of the loss keys is this method's
+        return method, applied
     terms = []
     for t in parsed.terms:
         mine = {keyed[k][0]: v for k, v in applied.items() if keyed[k] is not None and keyed[k][1] == t.loss}
         weight = float(mine.pop("weight", t.weight))
         terms.append(dataclasses.replace(t, weight=weight, hparams=tuple({**dict(t.hparams), **mine}.items())))
-    if all(keyed[k] is None for k in applied):
-        return method, applied
     return dataclasses.replace(parsed, terms=tuple(terms)).spec(), applied
 
 
@@ -275,25 +275,16 @@ def _drop_checkpoints(run: RunSpec) -> None:
             pass
 
 
-def write_diverged(run: RunSpec, error: Exception) -> dict[str, Any]:
+def write_diverged(run: RunSpec, error: Exception, wall_time_s: float) -> dict[str, Any]:
     """Records a run whose loss became non-finite, in place of its result.
 
-    A diverged grid point is a result of the sweep, not a crash: the record (format
-    :data:`DIVERGED_FORMAT`, with the error message) makes a resumed sweep skip the run (with
-    the same config and seed it diverges again; delete the file to retry after a fix), and
-    ``da report`` lists it instead of averaging it.
+    A diverged grid point is a result of the sweep, not a crash: the record (the usual run
+    record without metrics, in format :data:`DIVERGED_FORMAT`, with the error message) makes
+    a resumed sweep skip the run (with the same config and seed it diverges again; delete the
+    file to retry after a fix), and ``da report`` lists it instead of averaging it.
     """
-    record = {
-        "format": DIVERGED_FORMAT,
-        "status": "diverged",
-        "error": str(error),
-        "config": run.config.to_dict(),
-        "seed": run.config.seed,
-        "hparams": dict(run.hparams),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": package_versions(),
-        "git_commit": PROCESS_GIT_COMMIT,
-    }
+    record = make_record(run.config, {}, [], wall_time_s)
+    record.update(format=DIVERGED_FORMAT, status="diverged", error=str(error), hparams=dict(run.hparams))
     if run.sweep_method is not None:
         record["sweep_method"] = run.sweep_method
     write_json_atomic(run.path, record)
@@ -312,10 +303,11 @@ def run_or_record_divergence(run: RunSpec, on_log: Callable[[int, dict[str, floa
     """:func:`run_one`, except that a non-finite loss writes a diverged record (:func:`write_diverged`)."""
     from da_framework.train.loop import NonFiniteLossError
 
+    start = time.perf_counter()
     try:
         return run_one(run, on_log=on_log)
     except NonFiniteLossError as e:
-        return write_diverged(run, e)
+        return write_diverged(run, e, time.perf_counter() - start)
 
 
 def run_seed_group(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
