@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from da_framework.errors import UserError
+
 
 def proxy_a_distance(source_features: np.ndarray, target_features: np.ndarray, seed: int = 0) -> float:
     """Proxy A-distance 2 (1 - 2 err) of a linear domain classifier on a held-out half.
@@ -31,7 +33,7 @@ def proxy_a_distance(source_features: np.ndarray, target_features: np.ndarray, s
 
     xs, xt = np.asarray(source_features, np.float64), np.asarray(target_features, np.float64)
     if len(xs) < 2 or len(xt) < 2:
-        raise ValueError("proxy A-distance needs at least 2 source and 2 target examples")
+        raise UserError("proxy A-distance needs at least 2 source and 2 target examples")
     x = np.concatenate([xs, xt])
     y = np.concatenate([np.zeros(len(xs), int), np.ones(len(xt), int)])
     x_fit, x_held, y_fit, y_held = train_test_split(x, y, test_size=0.5, stratify=y, random_state=seed)
@@ -51,7 +53,7 @@ def embed_2d(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.nda
         from sklearn.manifold import TSNE
 
         return TSNE(n_components=2, random_state=seed, init="pca", perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
-    raise ValueError(f"unknown embedding {method!r}; valid: pca, tsne")
+    raise UserError(f"unknown embedding {method!r}; valid: pca, tsne")
 
 
 def plot_embedding(

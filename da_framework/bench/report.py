@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from da_framework.bench.selection import DEFAULT_VALIDATOR, VALIDATORS, select_best
+from da_framework.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +336,7 @@ def grid_table(records: Sequence[dict[str, Any]], metric: str = "target_test_acc
 def write_report(results_dir: Path, select: str = DEFAULT_VALIDATOR, metric: str = "target_test_accuracy", embedding: str = "pca") -> list[Path]:
     """Writes ``report.md``, ``report.tex`` and ``plots/*.png`` into ``results_dir``; returns the paths."""
     if select not in VALIDATORS:
-        raise ValueError(f"unknown validator {select!r}; valid: {', '.join(VALIDATORS)}")
+        raise UserError(f"unknown validator {select!r}; valid: {', '.join(VALIDATORS)}")
     found = _json_records(results_dir)  # read every file once for both kinds of record
     records = load_records(results_dir, found)
     tables = [headline_table(records, select, metric)]

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from da_framework.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Validator:
@@ -97,7 +99,7 @@ def soft_neighborhood_density(logits: np.ndarray, temperature: float = 0.05) -> 
     """
     p = softmax(logits)
     if len(p) < 2:
-        raise ValueError("SND needs at least 2 target predictions")
+        raise UserError("SND needs at least 2 target predictions")
     f = p / np.linalg.norm(p, axis=1, keepdims=True)
     sim = f @ f.T / temperature
     np.fill_diagonal(sim, -np.inf)
@@ -131,7 +133,7 @@ def iwcv_risk(losses: np.ndarray, weights: np.ndarray) -> float:
     """IWCV (Sugiyama et al. 2007, eq. 8): mean of ``weights * losses``."""
     losses, weights = np.asarray(losses, np.float64), np.asarray(weights, np.float64)
     if losses.shape != weights.shape:
-        raise ValueError(f"losses {losses.shape} and weights {weights.shape} must have the same shape")
+        raise UserError(f"losses {losses.shape} and weights {weights.shape} must have the same shape")
     return float(np.mean(weights * losses))
 
 
@@ -181,12 +183,12 @@ def select_best(records: Sequence[dict[str, Any]], validator: str) -> dict[str, 
       ValueError: for an unknown validator or records without selection scores.
     """
     if validator not in VALIDATORS:
-        raise ValueError(f"unknown validator {validator!r}; valid: {', '.join(VALIDATORS)}")
+        raise UserError(f"unknown validator {validator!r}; valid: {', '.join(VALIDATORS)}")
     if not records:
-        raise ValueError("no records to select from")
+        raise UserError("no records to select from")
     missing = [r for r in records if validator not in r.get("selection", {})]
     if missing:
-        raise ValueError(f"{len(missing)} record(s) have no selection scores; they were not written by `da bench`")
+        raise UserError(f"{len(missing)} record(s) have no selection scores; they were not written by `da bench`")
     sign = 1.0 if VALIDATORS[validator].higher_is_better else -1.0
     scores = [sign * r["selection"][validator] for r in records]
     return records[int(np.argmax(scores))]

@@ -55,6 +55,7 @@ import numpy as np
 
 from da_framework.data.domain import Domain, DomainError, MappedSource, RandomAccessSource, Record
 from da_framework.data.registry import register_domain
+from da_framework.errors import UserError
 
 SPLITS_FROM_TRAIN = {"train": "train[:90%]", "val": "train[90%:]", "test": "test"}
 VOC_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -289,7 +290,7 @@ def build_vocabulary(texts: Iterable[str | bytes], size: int) -> dict[str, int]:
     2, 3, ... in that order.  The result depends only on the multiset of texts.
     """
     if size < 2:
-        raise ValueError(f"vocabulary size must be >= 2 (pad and OOV ids), got {size}")
+        raise UserError(f"vocabulary size must be >= 2 (pad and OOV ids), got {size}")
     counts = collections.Counter(w for t in texts for w in tokenize(t))
     ranked = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))[: size - 2]
     return {w: i + 2 for i, (w, _) in enumerate(ranked)}

@@ -41,6 +41,7 @@ from scipy import ndimage
 
 from da_framework.data.domain import ArraySource, Domain
 from da_framework.data.registry import register_domain
+from da_framework.errors import UserError
 
 IMAGE_SIZE = 16
 _SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -135,7 +136,7 @@ def make_digits_domain(shift: str | None) -> Domain:
         pool_x, pool_y, name, desc = images[:half], labels[:half], "digits/source", "source pool, unshifted"
     else:
         if shift not in SHIFTS:
-            raise ValueError(f"unknown digits shift {shift!r}; valid shifts: {', '.join(SHIFTS)}")
+            raise UserError(f"unknown digits shift {shift!r}; valid shifts: {', '.join(SHIFTS)}")
         fn, desc = SHIFTS[shift]
         rng = np.random.default_rng(1000 + list(SHIFTS).index(shift))
         pool_x = np.clip(fn(images[half:].astype(np.float64), rng), 0.0, 1.0).astype(np.float32)
@@ -163,7 +164,7 @@ def pair_config(shift: str) -> dict[str, Any]:
       ValueError: for an unknown shift (the message lists the valid ones).
     """
     if shift not in SHIFTS:
-        raise ValueError(f"unknown digits shift {shift!r}; valid: {', '.join(sorted(SHIFTS))}")
+        raise UserError(f"unknown digits shift {shift!r}; valid: {', '.join(sorted(SHIFTS))}")
     return {
         "source": "digits/source",
         "target": f"digits/{shift}",

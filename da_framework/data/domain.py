@@ -28,6 +28,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from da_framework.errors import UserError
+
 Record = dict[str, Any]
 Batch = dict[str, np.ndarray]
 
@@ -40,7 +42,7 @@ class RandomAccessSource(Protocol):
     def __getitem__(self, index: int) -> Record: ...
 
 
-class DomainError(ValueError):
+class DomainError(UserError):
     """Raised for an unknown domain, split, or a malformed domain definition."""
 
 

@@ -14,6 +14,8 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+from da_framework.errors import UserError
+
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -34,7 +36,7 @@ def prefetch_to_device(items: Iterable[T], size: int, place: Callable[[T], U]) -
       ValueError: for a negative ``size``.
     """
     if size < 0:
-        raise ValueError(f"prefetch size must be >= 0, got {size}")
+        raise UserError(f"prefetch size must be >= 0, got {size}")
     iterator = iter(items)
     if size == 0:
         yield from map(place, iterator)

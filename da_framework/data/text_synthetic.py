@@ -27,6 +27,7 @@ import numpy as np
 from da_framework.data.catalog import encode
 from da_framework.data.domain import ArraySource, Domain
 from da_framework.data.registry import register_domain
+from da_framework.errors import UserError
 
 LENGTH = 32
 NUM_EXAMPLES = 1500
@@ -66,7 +67,7 @@ def vocab_size() -> int:
 def make_sentences(style: str, n: int, seed: int) -> tuple[list[str], np.ndarray]:
     """``n`` sentences of ``style`` (``"source"`` or ``"target"``) and their labels (see the module docstring)."""
     if style not in STYLES:
-        raise ValueError(f"unknown text style {style!r}; valid: {', '.join(STYLES)}")
+        raise UserError(f"unknown text style {style!r}; valid: {', '.join(STYLES)}")
     rng = np.random.default_rng(seed)
     spec = STYLES[style]
     fillers = spec["fillers"] + FUNCTION_WORDS

@@ -27,8 +27,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from da_framework.errors import UserError
 
-class BoxError(ValueError):
+
+class BoxError(UserError):
     """Raised for boxes of the wrong shape or bad box-utility arguments."""
 
 

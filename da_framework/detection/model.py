@@ -29,12 +29,13 @@ import jax
 import jax.numpy as jnp
 
 from da_framework.detection.boxes import CenterTargets, Detections, decode_centers, encode_centers
+from da_framework.errors import UserError
 from da_framework.models.resnet import ResNet
 
 PRIOR_BIAS = -math.log((1 - 0.1) / 0.1)
 
 
-class DetectorError(ValueError):
+class DetectorError(UserError):
     """Raised for an unknown detector backbone or bad detector arguments."""
 
 

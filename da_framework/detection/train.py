@@ -33,6 +33,7 @@ import optax
 from da_framework.data.domain import ArraySource, batch_iterator
 from da_framework.detection.model import CenterPointDetector, decode_batch, detection_loss, encode_batch
 from da_framework.detection.voc_eval import ImageDetections, ImageGroundTruth, evaluate_detections
+from da_framework.errors import UserError
 from da_framework.losses.mmd import mk_mmd
 
 Batch = Mapping[str, jax.Array]
@@ -89,7 +90,7 @@ def make_detection_step(
       augment: random horizontal flips.
     """
     if align_weight < 0:
-        raise ValueError(f"align_weight must be >= 0, got {align_weight}")
+        raise UserError(f"align_weight must be >= 0, got {align_weight}")
 
     def loss_fn(params, batch, align_source, align_target, key):
         images, boxes = batch["image"], batch["boxes"]
@@ -160,9 +161,9 @@ def fit(
         ``align_weight > 0``), batched like ``train``.
     """
     if steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
+        raise UserError(f"steps must be positive, got {steps}")
     if align_weight > 0 and (align_source is None or align_target is None):
-        raise ValueError("align_weight > 0 needs align_source and align_target image pools")
+        raise UserError("align_weight > 0 needs align_source and align_target image pools")
     key = jax.random.PRNGKey(seed)
     k_init, k_steps = jax.random.split(key)
     shape = tuple(train.arrays["image"].shape[1:])

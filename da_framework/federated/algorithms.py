@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from da_framework.errors import UserError
+
 Params = Any
 
 
@@ -123,7 +125,7 @@ def aggregate(
         deltas, _ = clip_updates(deltas, clip_norm)
     if noise_multiplier > 0:
         if clip_norm is None:
-            raise ValueError("aggregate: noise_multiplier > 0 needs clip_norm; set clip_norm to the update bound C")
+            raise UserError("aggregate: noise_multiplier > 0 needs clip_norm; set clip_norm to the update bound C")
         mean = dp_noised_mean(deltas, active, clip_norm, noise_multiplier, key)
     else:
         mean = weighted_average(deltas, num_examples)
@@ -168,7 +170,7 @@ def server_optimizer(
         return optax.adam(learning_rate, b1=b1, b2=b2, eps=tau)
     if name == "yogi":
         return optax.yogi(learning_rate, b1=b1, b2=b2, eps=tau)
-    raise ValueError(f"unknown server optimizer {name!r}; valid: sgd, momentum, adam, yogi")
+    raise UserError(f"unknown server optimizer {name!r}; valid: sgd, momentum, adam, yogi")
 
 
 def server_update(
@@ -183,6 +185,6 @@ def server_update(
 def sample_clients(seed: int, round_index: int, num_clients: int, clients_per_round: int) -> np.ndarray:
     """Clients of one round: uniform without replacement, sorted; deterministic in (seed, round)."""
     if not 0 < clients_per_round <= num_clients:
-        raise ValueError(f"clients_per_round must be in [1, {num_clients}], got {clients_per_round}")
+        raise UserError(f"clients_per_round must be in [1, {num_clients}], got {clients_per_round}")
     rng = np.random.default_rng([seed, round_index, 0xFED])
     return np.sort(rng.choice(num_clients, clients_per_round, replace=False))

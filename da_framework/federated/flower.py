@@ -44,6 +44,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the Flower adapter needs flwr: pip install 'da_framework[fed]' (or pip install flwr)") from e
 
 from da_framework.config import ExperimentConfig, from_dict
+from da_framework.errors import UserError
 from da_framework.federated.algorithms import aggregate, server_optimizer, server_update
 from da_framework.federated.config import FedConfig, fed_config_from_dict
 from da_framework.federated.runner import init_global_params, local_training, make_clients
@@ -61,7 +62,7 @@ def ndarrays_to_params(arrays: Sequence[np.ndarray], template: Any) -> Any:
     """Rebuilds a pytree shaped like ``template`` from :func:`params_to_ndarrays` output."""
     leaves, treedef = jax.tree.flatten(template)
     if len(arrays) != len(leaves):
-        raise ValueError(f"got {len(arrays)} arrays for a model with {len(leaves)} parameter arrays")
+        raise UserError(f"got {len(arrays)} arrays for a model with {len(leaves)} parameter arrays")
     return jax.tree.unflatten(treedef, [jnp.asarray(a, l.dtype).reshape(l.shape) for a, l in zip(arrays, leaves)])
 
 
@@ -83,7 +84,7 @@ class JaxNumPyClient(fl.client.NumPyClient):
     def __init__(self, config: ExperimentConfig, fed: FedConfig, client_id: int) -> None:
         clients = make_clients(config, fed)
         if not 0 <= client_id < len(clients):
-            raise ValueError(f"client id {client_id} out of range: the task has {len(clients)} clients")
+            raise UserError(f"client id {client_id} out of range: the task has {len(clients)} clients")
         self.client = clients[client_id]
         self.client_id = client_id
         self.seed = config.seed

@@ -29,9 +29,10 @@ from rich.table import Table
 
 from da_framework.data.domain import ArraySource, Domain
 from da_framework.data.registry import get_domain
+from da_framework.errors import UserError
 
 
-class PartitionError(ValueError):
+class PartitionError(UserError):
     """Raised for a partition that cannot be made (too few examples, bad alpha, ...)."""
 
 

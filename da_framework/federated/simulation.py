@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from da_framework.errors import UserError
 from da_framework.federated.algorithms import aggregate, client_deltas, proximal_term, server_update
 from da_framework.losses.registry import LossInputs
 from da_framework.models.classifier import Classifier
@@ -48,7 +49,7 @@ from da_framework.train.parallel import DATA_AXIS, ParallelError
 Params = Any
 
 
-class FederatedError(ValueError):
+class FederatedError(UserError):
     """Raised for inconsistent federated inputs (client data, shapes, settings)."""
 
 

@@ -26,6 +26,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from da_framework.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class LossInputs:
@@ -96,7 +98,7 @@ class LossSpec:
     update_extras: Callable[[dict[str, Any], Any, jax.Array], dict[str, Any]] | None = None
 
 
-class LossError(ValueError):
+class LossError(UserError):
     """Raised for an unknown loss, a bad hyper-parameter or invalid loss inputs."""
 
 

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from da_framework.errors import UserError
 from da_framework.models.classifier import Bottleneck
 
 
@@ -45,10 +46,10 @@ class LateFusionClassifier(nn.Module):
     def __call__(self, inputs: Mapping[str, jax.Array], train: bool = False) -> tuple[jax.Array, jax.Array]:
         """Returns ``(logits, fused features)`` for ``{"image": ..., "text": ...}``."""
         if self.fusion not in ("features", "logits"):
-            raise ValueError(f"unknown fusion {self.fusion!r}; valid: features, logits")
+            raise UserError(f"unknown fusion {self.fusion!r}; valid: features, logits")
         missing = {"image", "text"} - set(inputs)
         if missing:
-            raise ValueError(f"LateFusionClassifier inputs need keys 'image' and 'text'; missing {sorted(missing)}")
+            raise UserError(f"LateFusionClassifier inputs need keys 'image' and 'text'; missing {sorted(missing)}")
         fi = self.image_encoder(inputs["image"], train=train)
         ft = self.text_encoder(inputs["text"], train=train)
         f = jnp.concatenate([fi, ft], axis=-1)

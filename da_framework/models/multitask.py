@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from da_framework.errors import UserError
 from da_framework.models.classifier import Bottleneck
 
 
@@ -35,7 +36,7 @@ class MultiTaskClassifier(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[dict[str, jax.Array], jax.Array]:
         """Returns ``({task: (batch, classes) logits}, features)``."""
         if not self.tasks:
-            raise ValueError("MultiTaskClassifier needs at least one task, e.g. tasks={'label': 10}")
+            raise UserError("MultiTaskClassifier needs at least one task, e.g. tasks={'label': 10}")
         f = self.backbone(x, train=train)
         if self.bottleneck_dim:
             f = Bottleneck(self.bottleneck_dim, name="bottleneck")(f, train=train)
@@ -54,7 +55,7 @@ def multitask_loss(
     """
     missing = sorted(set(logits) - set(labels))
     if missing:
-        raise ValueError(f"multitask_loss: no labels for task(s) {missing}; pass labels for every head")
+        raise UserError(f"multitask_loss: no labels for task(s) {missing}; pass labels for every head")
     total = jnp.zeros((), jnp.float32)
     for task, lo in logits.items():
         y = labels[task]

@@ -7,6 +7,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from da_framework.errors import UserError
 from da_framework.models.classifier import Classifier
 from da_framework.models.lenet import LeNet
 from da_framework.models.mlp import MLP
@@ -28,7 +29,7 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """Raised for an unknown model name or bad model arguments."""
 
 

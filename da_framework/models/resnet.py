@@ -16,13 +16,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from da_framework.errors import UserError
+
 
 def _norm(kind: str, train: bool, name: str | None = None) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
     if kind == "group":
         return nn.GroupNorm(num_groups=None, group_size=8, name=name)
-    raise ValueError(f"unknown norm {kind!r}; valid: 'batch', 'group'")
+    raise UserError(f"unknown norm {kind!r}; valid: 'batch', 'group'")
 
 
 class BasicBlock(nn.Module):

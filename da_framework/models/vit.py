@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from da_framework.errors import UserError
+
 
 class EncoderBlock(nn.Module):
     """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
@@ -58,12 +60,12 @@ class ViT(nn.Module):
         """Maps images (batch, H, W, C) to features (batch, width)."""
         del train  # no dropout or batch statistics
         if x.ndim != 4 or x.shape[1] % self.patch or x.shape[2] % self.patch:
-            raise ValueError(
+            raise UserError(
                 f"ViT expects images (batch, H, W, C) with H and W multiples of the patch size "
                 f"{self.patch}; got shape {x.shape}"
             )
         if self.width % self.num_heads:
-            raise ValueError(f"ViT width {self.width} is not divisible by num_heads {self.num_heads}")
+            raise UserError(f"ViT width {self.width} is not divisible by num_heads {self.num_heads}")
         x = nn.Conv(self.width, (self.patch, self.patch), self.patch, padding="VALID", name="embedding")(x)
         b, h, w, c = x.shape
         x = jnp.reshape(x, (b, h * w, c))

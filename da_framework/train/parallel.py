@@ -20,11 +20,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from da_framework.errors import UserError
+
 T = TypeVar("T")
 DATA_AXIS = "data"
 
 
-class ParallelError(ValueError):
+class ParallelError(UserError):
     """Raised when the requested devices or batch size cannot be laid out."""
 
 

@@ -21,12 +21,14 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
+from da_framework.errors import UserError
+
 T = TypeVar("T")
 
 COMPUTE_DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError):
     """Raised for an unknown compute dtype."""
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from da_framework.errors import UserError
 from da_framework.losses.adversarial import dann_ramp
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -22,5 +23,5 @@ SCHEDULES: dict[str, tuple[Schedule, str]] = {
 def get_schedule(name: str) -> Schedule:
     """Returns the schedule ``name``; the error lists valid names."""
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
+        raise UserError(f"unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
     return SCHEDULES[name][0]

@@ -20,8 +20,10 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from da_framework.errors import UserError
 
-class SavedModelError(ValueError):
+
+class SavedModelError(UserError):
     """Raised when a saved model is missing or the folder is not empty."""
 
 

@@ -29,13 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from da_framework.errors import UserError
+
 Params = Mapping[str, Any]
 Status = Literal["copied", "copied_partial", "missing", "shape_mismatch", "excluded"]
 Rename = Mapping[str, str] | Sequence[tuple[str, str]] | None
 PathFilter = str | Sequence[str] | None
 
 
-class TransferError(ValueError):
+class TransferError(UserError):
     """Raised for malformed transfer arguments (bad regex, empty trees, strict failures)."""
 
 
