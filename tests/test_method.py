@@ -72,10 +72,30 @@ def test_registered_loss_is_usable_by_name():
     np.testing.assert_allclose(parts["test_mean_gap"], ref, rtol=1e-6)
 
 
+def _np_domain_bce(s: np.ndarray, t: np.ndarray) -> float:
+    """Float64 DANN discriminator loss: source is class 1, target class 0, each domain weighs half."""
+    return 0.5 * (np.mean(np.logaddexp(0.0, -s)) + np.mean(np.logaddexp(0.0, t)))
+
+
 def test_dann_aux_parameters_are_created_and_used():
     method = parse_method("dann")
     inputs = _inputs()
     aux = method.init_aux(jax.random.key(1), inputs)
     assert set(aux) == {"dann"}
-    total, parts = method.loss(aux, dataclasses.replace(inputs, progress=jnp.asarray(1.0)))
-    assert np.isfinite(float(total)) and float(parts["dann"]) > 0
+    inputs = dataclasses.replace(inputs, progress=jnp.asarray(1.0))
+    total, parts = method.loss(aux, inputs)
+    # the term is the BCE of the discriminator built from these aux parameters, on both domains' features
+    disc = method.aux_modules()["dann"]
+    s = np.asarray(disc.apply({"params": aux["dann"]}, inputs.source_features), np.float64)
+    t = np.asarray(disc.apply({"params": aux["dann"]}, inputs.target_features), np.float64)
+    np.testing.assert_allclose(parts["dann"], _np_domain_bce(s, t), rtol=1e-5)
+    ce = cross_entropy(inputs.source_logits, inputs.source_labels)
+    np.testing.assert_allclose(total, ce + 1.0 * parts["dann"], rtol=1e-6)
+    # other aux parameters give another loss: an all-zero discriminator outputs logit 0, loss log 2;
+    # shifting its output bias by b gives (softplus(-b) + softplus(b)) / 2
+    zero = jax.tree.map(jnp.zeros_like, aux)
+    assert float(method.loss(zero, inputs)[1]["dann"]) == pytest.approx(np.log(2.0), rel=1e-6)
+    last = next(k for k, layer in zero["dann"].items() if layer["bias"].shape == (1,))  # the output layer
+    shifted = {"dann": {**zero["dann"], last: {**zero["dann"][last], "bias": jnp.full((1,), 2.0)}}}
+    expected = _np_domain_bce(np.array([2.0]), np.array([2.0]))
+    assert float(method.loss(shifted, inputs)[1]["dann"]) == pytest.approx(expected, rel=1e-6)
