@@ -98,7 +98,7 @@ def random_rotation(key: jax.Array, images: jax.Array, max_degrees: float = 15.0
     limit = math.radians(max_degrees)
 
     def op(k: jax.Array, im: jax.Array) -> jax.Array:
-        return pix.rotate(im, jax.random.uniform(k, (), minval=-limit, maxval=limit), order=1, mode="nearest")
+        return pix.rotate(im, jax.random.uniform(k, (), jnp.float32, -limit, limit), order=1, mode="nearest")
 
     return _per_example(op, key, images)
 
@@ -118,7 +118,7 @@ def random_blur(
     lo, hi = sigma
 
     def op(k: jax.Array, im: jax.Array) -> jax.Array:
-        return pix.gaussian_blur(im, jax.random.uniform(k, (), minval=lo, maxval=hi), kernel_size)
+        return pix.gaussian_blur(im, jax.random.uniform(k, (), jnp.float32, lo, hi), kernel_size)
 
     return _per_example(op, key, images)
 
@@ -136,10 +136,10 @@ def color_jitter(
 
     def op(k: jax.Array, im: jax.Array) -> jax.Array:
         kb, kc, ks = jax.random.split(k, 3)
-        im = pix.adjust_brightness(im, jax.random.uniform(kb, (), minval=-brightness, maxval=brightness))
-        im = pix.adjust_contrast(im, jax.random.uniform(kc, (), minval=1 - contrast, maxval=1 + contrast))
+        im = pix.adjust_brightness(im, jax.random.uniform(kb, (), jnp.float32, -brightness, brightness))
+        im = pix.adjust_contrast(im, jax.random.uniform(kc, (), jnp.float32, 1 - contrast, 1 + contrast))
         if rgb:
-            factor = jax.random.uniform(ks, (), minval=1 - saturation, maxval=1 + saturation)
+            factor = jax.random.uniform(ks, (), jnp.float32, 1 - saturation, 1 + saturation)
             im = pix.adjust_saturation(jnp.clip(im, 0, 1), factor)
         return jnp.clip(im, 0.0, 1.0)
 
@@ -208,7 +208,7 @@ def jpeg_quality(key: jax.Array, images: jax.Array, quality: tuple[float, float]
     """JPEG-like compression with a quality uniform in ``quality`` per image (:func:`jpeg_compress`)."""
     _check_images(images, "jpeg_quality")
     lo, hi = quality
-    return jpeg_compress(images, jax.random.uniform(key, (images.shape[0],), minval=lo, maxval=hi))
+    return jpeg_compress(images, jax.random.uniform(key, (images.shape[0],), jnp.float32, lo, hi))
 
 
 # ----------------------------------------------------------------- robustness perturbations

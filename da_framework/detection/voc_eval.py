@@ -12,7 +12,9 @@ Challenge", IJCV 2010, Sec. 4.2 (and the VOC2007/VOC2012 devkits):
   FP), and difficult boxes do not count in the number of positives;
 * AP is the area under the precision/recall curve with precision made monotonically
   decreasing ("all-point" interpolation, VOC2010 onwards), or the mean of the
-  interpolated precision at recall 0, 0.1, ..., 1 ("11-point", VOC2007, eq. 1-2).
+  interpolated precision at recall 0, 0.1, ..., 1 ("11-point", VOC2007, eq. 1-2; the
+  thresholds are the float64 ``np.arange(0, 1.1, 0.1)`` of the reference code, so a recall
+  of exactly 0.3, 0.6 or 0.7 falls just short of its threshold, as there).
 
 Boxes are continuous ``[ymin, xmin, ymax, xmax]`` coordinates, so IoU has no devkit-style
 "+1 pixel" in widths and heights.  Everything here is NumPy float64 on the host.
@@ -25,6 +27,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+
+VOC07_RECALL_THRESHOLDS: np.ndarray = np.arange(0.0, 1.1, 0.1)
+"""The 11 recall levels of the VOC2007 metric, exactly as the reference code builds them."""
 
 
 class EvalError(ValueError):
@@ -66,14 +72,21 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: 
       precision: cumulative precision after each detection.
       use_07_metric: the VOC2007 11-point interpolation (mean over t in {0, 0.1, ..., 1}
         of the maximal precision at recall >= t, 0 when none) instead of the all-point one.
+        The thresholds are :data:`VOC07_RECALL_THRESHOLDS`, the float64 values of
+        ``np.arange(0, 1.1, 0.1)`` that the reference evaluation code of the VOC2007
+        detection baselines (py-faster-rcnn's ``voc_eval``, Detectron2's
+        ``PascalVOCDetectionEvaluator``) compares against, with no tolerance: three of them
+        (0.3, 0.6, 0.7) round slightly above the decimal value, so a recall of exactly 3/10
+        does not reach the threshold "0.3".  Published VOC2007 numbers use this convention,
+        so it is kept here for comparability.
     """
     recall, precision = np.asarray(recall, np.float64), np.asarray(precision, np.float64)
     if recall.shape != precision.shape:
         raise EvalError(f"recall and precision must have the same shape, got {recall.shape} and {precision.shape}")
     if use_07_metric:
         total = 0.0
-        for t in np.linspace(0.0, 1.0, 11):
-            above = precision[recall >= t - 1e-12]
+        for t in VOC07_RECALL_THRESHOLDS:
+            above = precision[recall >= t]
             total += float(above.max()) if above.size else 0.0
         return total / 11.0
     mrec = np.concatenate([[0.0], recall, [1.0]])

@@ -1,0 +1,53 @@
+"""Regression tests for the numerics audit: each test fails on the code before its fix."""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from da_framework.detection.voc_eval import ImageDetections, ImageGroundTruth, evaluate_detections
+
+# ----------------------------------------------------------------- VOC2007 11-point thresholds
+
+
+def test_voc07_recall_exactly_at_threshold_is_not_counted():
+    # 10 images with one object each; 3 correct detections, nothing else: recall .1 .2 .3 at
+    # precision 1.  The devkit's thresholds np.arange(0, 1.1, 0.1) put "0.3" at
+    # 0.30000000000000004, so only t = 0, .1, .2 see precision 1: AP = 3/11 (a 1e-12
+    # tolerance gave 4/11 = 0.364).
+    box = np.array([[0.0, 0.0, 1.0, 1.0]])
+    gts = [ImageGroundTruth(box, np.array([0]), np.array([False])) for _ in range(10)]
+    dets = [ImageDetections(box if i < 3 else np.zeros((0, 4)), np.array([0.9] if i < 3 else []),
+                            np.array([0] if i < 3 else [], int)) for i in range(10)]
+    out = evaluate_detections(dets, gts, num_classes=1, use_07_metric=True)
+    assert out["ap"][0] == pytest.approx(3 / 11)
+    # all-point AP is unaffected: 0.3
+    assert evaluate_detections(dets, gts, num_classes=1)["ap"][0] == pytest.approx(0.3)
+
+
+# ------------------------------------------------------------------ strong augmentation, x64
+
+
+def test_random_blur_under_x64_keeps_float32():
+    # dm-pix's blur convolved float32 images with a float64 kernel (sigma drawn in float64).
+    from da_framework.data.augment import random_blur
+
+    with jax.enable_x64(True):
+        x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), jnp.float32)
+        out = random_blur(jax.random.key(1), x)
+        assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+    assert not jax.config.jax_enable_x64
+
+
+@pytest.mark.slow
+def test_strong_augment_under_x64_keeps_float32():
+    from da_framework.data.augment import strong_augment, weak_augment
+
+    with jax.enable_x64(True):
+        x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), jnp.float32)
+        out = strong_augment(jax.random.key(1), x, num_ops=1, magnitude=0.9)
+        assert out.dtype == jnp.float32 and out.shape == x.shape
+        assert bool(jnp.all(jnp.isfinite(out)))
+        assert weak_augment(jax.random.key(2), x).dtype == jnp.float32
+    assert not jax.config.jax_enable_x64
