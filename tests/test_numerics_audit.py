@@ -51,3 +51,26 @@ def test_strong_augment_under_x64_keeps_float32():
         assert bool(jnp.all(jnp.isfinite(out)))
         assert weak_augment(jax.random.key(2), x).dtype == jnp.float32
     assert not jax.config.jax_enable_x64
+
+
+# ------------------------------------------------------------------------- CMD / moments NaN
+
+
+def test_cmd_and_moment_distance_propagate_nan_and_keep_finite_gradient_at_zero():
+    from da_framework.losses.cmd import cmd, safe_norm
+    from da_framework.losses.moments import moment_distance
+
+    rng = np.random.default_rng(0)
+    s = rng.uniform(size=(16, 4)).astype(np.float32)
+    t = rng.uniform(size=(12, 4)).astype(np.float32) ** 2
+    assert float(cmd(s, t)) > 0.05
+    s_nan = s.copy()
+    s_nan[3, 1] = np.nan
+    assert np.isnan(float(cmd(s_nan, t)))  # was exactly 0.0
+    assert np.isnan(float(moment_distance(s_nan, t, 3)))
+    # identical batches: value 0 and finite (zero) gradients
+    np.testing.assert_allclose(cmd(s, s), 0.0, atol=1e-7)
+    g = jax.grad(lambda a: cmd(a, s))(jnp.asarray(s))
+    assert bool(jnp.all(jnp.isfinite(g)))
+    np.testing.assert_array_equal(jax.grad(safe_norm)(jnp.zeros(3)), np.zeros(3))
+    np.testing.assert_allclose(safe_norm(jnp.array([3.0, 4.0])), 5.0)

@@ -19,10 +19,15 @@ from da_framework.losses.registry import LossError, LossInputs, register_loss
 
 
 def safe_norm(x: jax.Array) -> jax.Array:
-    """Euclidean norm with gradient 0 (not NaN) at x = 0."""
+    """Euclidean norm with gradient 0 (not NaN) at x = 0; NaN in ``x`` gives NaN.
+
+    Only an exact zero takes the guarded branch (``sq != 0`` is True for NaN, unlike
+    ``sq > 0``), so a NaN input reaches the trainer's non-finite check instead of
+    silently scoring 0.
+    """
     sq = jnp.sum(x**2)
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    nonzero = sq != 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
 
 def cmd(source: jax.Array, target: jax.Array, n_moments: int = 5, interval: float = 1.0) -> jax.Array:
