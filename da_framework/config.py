@@ -17,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
+import numbers
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,8 @@ class ExperimentConfig:
     data_threads: int = 4
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _check_type(field.name, str(field.type), getattr(self, field.name)))
         checks = {
             "steps": self.steps > 0,
             "batch_size": self.batch_size > 0,
@@ -105,7 +110,9 @@ class ExperimentConfig:
         }
         for key, ok in checks.items():
             if not ok:
-                raise ConfigError(f"config key {key!r} has invalid value {getattr(self, key)!r}")
+                bound = "> 0" if key in ("steps", "batch_size", "learning_rate", "eval_batch_size", "log_every",
+                                         "num_devices") else ">= 0"
+                raise ConfigError(f"config key {key!r} has invalid value {getattr(self, key)!r}; it must be {bound}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: adam, adamw, sgd")
         if self.lr_schedule not in ("constant", "cosine", "inv"):
@@ -122,6 +129,36 @@ class ExperimentConfig:
     def replace(self, **overrides: Any) -> ExperimentConfig:
         """Returns a copy with ``overrides`` applied (unknown keys raise ConfigError)."""
         return from_dict({**self.to_dict(), **overrides})
+
+
+_KINDS = {"int": "an int", "float": "a finite number", "str": "a string", "Mapping[str, Any]": "a dict"}
+
+
+def _check_type(key: str, annotation: str, value: Any) -> Any:
+    """``value`` checked against a field's annotation (``int``, ``float``, ``str``, a mapping,
+    each maybe ``| None``) and normalised (an integral number to int, a real one to float).
+
+    bool is no int here (``batch_size=True`` is an error), and an int field takes no float
+    (not even 5.0); a float field takes an int or float but not nan/inf.
+    """
+    optional = annotation.endswith(" | None")
+    base = annotation.removesuffix(" | None")
+    if value is None and optional:
+        return None
+    if base == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if base == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+        return float(value)
+    if base == "str" and isinstance(value, str):
+        return value
+    if base == "Mapping[str, Any]" and isinstance(value, Mapping):
+        return value
+    if base not in _KINDS:
+        raise TypeError(f"config field {key!r} has annotation {annotation!r}, which _check_type does not know")
+    kind = _KINDS[base] + (" or None" if optional else "")
+    raise ConfigError(f"config key {key!r} must be {kind}, got {value!r} ({type(value).__name__})")
 
 
 def config_keys() -> list[str]:
@@ -167,15 +204,24 @@ def experiment_names() -> list[str]:
     return sorted(p.stem for p in d.glob("*.py") if not p.name.startswith("_")) if d.is_dir() else []
 
 
+_EXPERIMENT_FORM = (
+    "experiments are Python files (experiments/<name>.py) defining get_config() -> dict, e.g. "
+    "'def get_config(): return {\"method\": \"dann\", \"steps\": 1000}'"
+)
+
+
 def experiment_path(name_or_path: str) -> Path:
     """Resolves an experiment name (``experiments/<name>.py``) or path to an existing file.
 
     Raises:
-      ConfigError: if there is no such file (the message lists known experiments).
+      ConfigError: if there is no such file (the message lists known experiments) or it is not
+        a ``.py`` file.
     """
     path = Path(name_or_path)
     if not path.suffix:
         path = experiments_dir() / f"{name_or_path}.py"
+    if path.suffix != ".py" and path.is_file():
+        raise ConfigError(f"experiment file {path} is not a Python file; {_EXPERIMENT_FORM}")
     if not path.is_file():
         raise ConfigError(
             f"unknown experiment {name_or_path!r}; valid experiments: {', '.join(experiment_names()) or 'none found'}"
@@ -184,13 +230,36 @@ def experiment_path(name_or_path: str) -> Path:
     return path
 
 
+def _error_in(path: Path, error: Exception) -> ConfigError:
+    """A one-line ConfigError for ``error`` raised by experiment file ``path``: the file, the
+    line of ``path`` the error came from and the error (the caller chains the original)."""
+    if isinstance(error, SyntaxError) and error.filename and Path(error.filename).resolve() == path.resolve():
+        line, message = error.lineno, error.msg
+    else:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        line, message = (frames[-1].lineno if frames else None), str(error)
+    where = f"experiment file {path}" + (f", line {line}" if line else "")
+    message = " ".join(message.split()) or "(no message)"
+    return ConfigError(f"{where}: {type(error).__name__}: {message}")
+
+
 def load_experiment_module(name_or_path: str) -> Any:
-    """Imports an experiment file as a module (it defines ``get_config`` and maybe ``run``)."""
+    """Imports an experiment file as a module (it defines ``get_config`` and maybe ``run``).
+
+    Raises:
+      ConfigError: if the file is missing or not a ``.py`` file, or importing it fails (a
+        syntax error, an exception): one line with the file, the line and the error; the
+        original exception is chained as ``__cause__``.
+    """
     path = experiment_path(name_or_path)
     spec = importlib.util.spec_from_file_location(f"da_experiment_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"experiment file {path} cannot be imported; {_EXPERIMENT_FORM}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise _error_in(path, e) from e
     return module
 
 
@@ -198,13 +267,23 @@ def load_experiment(name_or_path: str) -> ExperimentConfig:
     """Loads an experiment by name (``experiments/<name>.py``) or by file path.
 
     Raises:
-      ConfigError: if the file does not exist (the message lists known experiments), has no
-        ``get_config``, or returns unknown keys.
+      ConfigError: if the file does not exist (the message lists known experiments), is not a
+        Python file, fails to import, has no ``get_config``, whose ``get_config()`` raises or
+        returns no dict, or returns unknown keys or invalid values.
     """
     path = experiment_path(name_or_path)
     module = load_experiment_module(name_or_path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"experiment file {path} must define get_config() -> dict")
-    values = dict(module.get_config())
+    try:
+        values = module.get_config()
+    except Exception as e:
+        raise _error_in(path, e) from e
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"get_config() of experiment file {path} must return a dict of config keys, got "
+            f"{type(values).__name__}; {_EXPERIMENT_FORM}"
+        )
+    values = dict(values)
     values.setdefault("name", path.stem)
     return from_dict(values)

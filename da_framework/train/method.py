@@ -10,6 +10,16 @@ and has a one-line spelling used by configs and the CLI (``parse_method``)::
     "cross_entropy + 1.0*dann@linear"               # a weight schedule after '@'
     "cross_entropy + 0.1*mmd(estimator=unbiased)"   # loss hyper-parameters in brackets
     "dann"                                          # a named preset (see PRESETS)
+    "cross_entropy + 1.0*jan(alphas=(1.0, 2.0))"    # hyper-parameters are Python literals
+    "cross_entropy - 0.1*entropy"                   # a negative weight: '-' in place of '+'
+
+Grammar: terms ``[weight*]loss[(name=value, ...)][@schedule]`` joined by ``+`` or ``-``.  The
+bracket is read as the keyword arguments of a Python call: each value is a Python literal
+(number, quoted string, tuple, list, True/False/None) or a bare word, which is a string.  A
+weight is a finite, unsigned number (default 1.0).  A negative weight is written only with the
+explicit ``-`` separator (``a - 0.1*entropy`` means weight -0.1; a leading ``-`` negates the
+first term); a signed number in the weight position (``a + -0.1*entropy``) is an error, so a
+stray sign cannot flip a loss by accident.  :meth:`Method.spec` writes this grammar back.
 
 The total loss at progress p is  sum_i w_i * schedule_i(p) * loss_i(inputs, **hparams_i).
 """
@@ -18,6 +28,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
+import numbers
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -52,7 +64,9 @@ class LossTerm:
         return self.loss
 
     def validate(self) -> None:
-        """Checks that the loss, schedule and hyper-parameters exist."""
+        """Checks that the weight is a finite number and the loss, schedule and hyper-parameters exist."""
+        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real) or not math.isfinite(self.weight):
+            raise LossError(f"weight of loss {self.loss!r} must be a finite number, got {self.weight!r}")
         spec = get_loss(self.loss)
         get_schedule(self.schedule)
         for name, _ in self.hparams:
@@ -160,75 +174,132 @@ class Method:
         return total, parts
 
     def spec(self) -> str:
-        """The one-line spelling of this method (parseable by :func:`parse_method`)."""
+        """The one-line spelling of this method (parseable by :func:`parse_method`).
+
+        A negative weight is written with the ``-`` separator (``cross_entropy - 0.1*entropy``).
+        """
         out = []
-        for t in self.terms:
-            s = t.loss if t.weight == 1.0 else f"{t.weight!r}*{t.loss}"
+        for i, t in enumerate(self.terms):
+            weight = abs(t.weight)
+            s = t.loss if weight == 1.0 else f"{float(weight)!r}*{t.loss}"
             if t.hparams:
                 s += "(" + ", ".join(f"{k}={v!r}" for k, v in t.hparams) + ")"
             if t.schedule != "constant":
                 s += f"@{t.schedule}"
-            out.append(s)
-        return " + ".join(out)
+            sign = "-" if math.copysign(1.0, t.weight) < 0 else "+"
+            out.append(("- " if sign == "-" else "") + s if i == 0 else f" {sign} {s}")
+        return "".join(out)
 
 
 _TERM_RE = re.compile(
-    r"^\s*(?:(?P<weight>[0-9.eE+-]+)\s*\*\s*)?(?P<loss>[A-Za-z_]\w*)"
-    r"\s*(?:\((?P<hparams>[^)]*)\))?\s*(?:@\s*(?P<schedule>\w+))?\s*$"
+    r"^\s*(?:(?P<weight>[^*()]*?)\s*\*\s*)?(?P<loss>[A-Za-z_]\w*)"
+    r"\s*(?:\((?P<hparams>.*)\))?\s*(?:@\s*(?P<schedule>\w+))?\s*$",
+    re.DOTALL,
 )
+_NUMBER_START_RE = re.compile(r"\s*(\d+\.?\d*|\.\d+)[eE]")  # '1e' of '1e-3': its sign is no separator
 
 
 def _parse_hparams(text: str | None, loss: str) -> tuple[tuple[str, Any], ...]:
+    """Reads ``name=value, ...`` as the keyword arguments of a Python call (values: literals or bare words)."""
     if not text or not text.strip():
         return ()
-    out = []
-    for item in text.split(","):
-        if "=" not in item:
-            raise LossError(f"hyper-parameter {item.strip()!r} of {loss!r} must be written name=value")
-        name, raw = (s.strip() for s in item.split("=", 1))
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw  # a bare word is a string, e.g. estimator=unbiased
-        out.append((name, value))
-    return tuple(out)
-
-
-def _split_terms(spec: str) -> list[str]:
-    """Splits on '+' outside brackets and not inside a number's exponent (1e+3)."""
-    parts, depth, current = [], 0, ""
-    for ch in spec:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "+" and depth == 0 and not re.search(r"\d[eE]$", current):
-            parts.append(current)
-            current = ""
+    form = f"write {loss}(name=value, ...) with Python literals or bare words as values"
+    try:
+        call = ast.parse(f"f({text})", mode="eval").body
+    except SyntaxError as e:
+        raise LossError(f"cannot parse hyper-parameters ({text}) of {loss!r}: {e.msg}; {form}") from None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f"):
+        raise LossError(f"cannot parse hyper-parameters ({text}) of {loss!r}: unbalanced brackets; {form}")
+    if call.args or any(kw.arg is None for kw in call.keywords):
+        raise LossError(f"hyper-parameters ({text}) of {loss!r} must be written name=value; {form}")
+    out: dict[str, Any] = {}
+    for kw in call.keywords:
+        if kw.arg in out:
+            raise LossError(f"hyper-parameter {kw.arg!r} of {loss!r} is given twice in ({text})")
+        if isinstance(kw.value, ast.Name):
+            value: Any = kw.value.id  # a bare word is a string, e.g. estimator=unbiased
         else:
-            current += ch
-    parts.append(current)
+            try:
+                value = ast.literal_eval(kw.value)
+            except (ValueError, TypeError):
+                raw = ast.get_source_segment(f"f({text})", kw.value)
+                raise LossError(
+                    f"hyper-parameter {kw.arg!r} of {loss!r} has value {raw!r}, which is not a Python literal; "
+                    f"quote strings, e.g. {kw.arg}='...'"
+                ) from None
+        out[kw.arg] = value  # type: ignore[index]
+    return tuple(out.items())
+
+
+def _split_terms(spec: str) -> list[tuple[str, str]]:
+    """Splits into (sign, term) on '+' and '-' outside brackets and quotes and not inside a
+    number's exponent (1e-3); a leading sign belongs to the first term (sign '' if none)."""
+    parts, depth, quote, sign, current = [], 0, "", "", ""
+    for ch in spec:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch in "+-" and depth == 0 and not _NUMBER_START_RE.fullmatch(current):
+            if parts or sign or current.strip():  # else: a leading sign, kept for the first term
+                parts.append((sign, current))
+            sign, current = ch, ""
+            continue
+        current += ch
+    parts.append((sign, current))
     return parts
 
 
 def parse_method(spec: str, name: str | None = None) -> Method:
-    """Parses a method spec or preset name into a :class:`Method`.
+    """Parses a method spec or preset name into a :class:`Method` (grammar: module docstring).
 
     Raises:
-      LossError: for a malformed spec, an unknown loss/schedule/hyper-parameter; the message
-        says which part is wrong and lists the valid names.
+      LossError: for an empty or malformed spec, a weight that is not a finite unsigned number,
+        an unknown loss/schedule/hyper-parameter; the message says which part is wrong and how
+        to write it.
     """
+    presets = ", ".join(PRESETS)
+    if not isinstance(spec, str) or not spec.strip():
+        raise LossError(
+            f"method spec {spec!r} is empty; write e.g. 'cross_entropy + 1.0*mmd' or a preset: {presets}"
+        )
     label = name or spec.strip()
     text = PRESETS.get(spec.strip(), spec)
     terms = []
-    for part in _split_terms(text):
+    for sign, part in _split_terms(text):
+        if not part.strip():
+            raise LossError(
+                f"method {spec!r} has an empty term or a signed weight (two signs in a row, or a trailing "
+                f"sign); weights are unsigned: write a negative weight with '-' in place of '+', e.g. "
+                f"'cross_entropy - 0.1*entropy'"
+            )
         m = _TERM_RE.match(part)
         if not m:
-            presets = ", ".join(PRESETS)
             raise LossError(
                 f"cannot parse method term {part.strip()!r} in {spec!r}; write terms as "
-                f"'[weight*]loss[(k=v, ...)][@schedule]' joined by '+', or use a preset: {presets}"
+                f"'[weight*]loss[(k=v, ...)][@schedule]' joined by '+' or '-', or use a preset: {presets}"
             )
-        weight = float(m["weight"]) if m["weight"] else 1.0
-        terms.append(
-            LossTerm(m["loss"], weight, m["schedule"] or "constant", _parse_hparams(m["hparams"], m["loss"]))
-        )
+        weight = _parse_weight(m["weight"], m["loss"], spec)
+        terms.append(LossTerm(
+            m["loss"], -weight if sign == "-" else weight, m["schedule"] or "constant",
+            _parse_hparams(m["hparams"], m["loss"]),
+        ))
     return Method(label, tuple(terms))
+
+
+def _parse_weight(text: str | None, loss: str, spec: str) -> float:
+    """A term's weight: a finite unsigned number (a sign is the term separator, split off before)."""
+    if text is None:
+        return 1.0
+    raw = text.strip()
+    try:
+        weight = float(raw)
+    except ValueError:
+        raise LossError(f"weight {raw!r} of loss {loss!r} in {spec!r} is not a number; write e.g. 0.5*{loss}") from None
+    if not math.isfinite(weight):
+        raise LossError(f"weight {raw!r} of loss {loss!r} in {spec!r} is not finite; write a finite number, e.g. 0.5*{loss}")
+    return weight
