@@ -33,7 +33,18 @@ DEFAULT_ALPHAS: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
 
 
 def pairwise_sq_distances(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Returns the (n, m) matrix of squared Euclidean distances between rows of x and y."""
+    """Returns the (n, m) matrix of squared Euclidean distances between rows of x and y.
+
+    Computed as ||x||^2 + ||y||^2 - 2 x y^T (one matrix product, O(n m) memory) after
+    subtracting the mean of the rows of both arrays from each: the expansion cancels
+    catastrophically in float32 when the rows share a large offset (features far from the
+    origin), while the distances themselves do not depend on the centre.  The centre is held
+    constant for differentiation, which changes nothing since the distances do not depend
+    on it; so the result is invariant to a common translation of x and y up to rounding of
+    the centred values.
+    """
+    centre = jax.lax.stop_gradient((jnp.sum(x, 0) + jnp.sum(y, 0)) / (x.shape[0] + y.shape[0]))
+    x, y = x - centre, y - centre
     d = jnp.sum(x**2, 1)[:, None] + jnp.sum(y**2, 1)[None, :] - 2.0 * x @ y.T
     return jnp.maximum(d, 0.0)
 
