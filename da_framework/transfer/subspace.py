@@ -12,10 +12,18 @@ features.
 * Transfer component analysis (Pan, Tsang, Kwok & Yang, "Domain Adaptation via Transfer
   Component Analysis", IEEE TNN 2011, sec. IV-B): with K the kernel matrix of all
   n = n_s + n_t points, L the MMD matrix (1/n_s^2 within source, 1/n_t^2 within target,
-  -1/(n_s n_t) across) and H = I - 11^T / n, the m transfer components W are the leading
-  eigenvectors of (K L K + mu I)^{-1} K H K (eq. 8-9); the embedding is Z = K W.  Here the
-  equivalent symmetric-definite generalised problem K H K w = lambda (K L K + mu I) w is
-  solved through a Cholesky factor, with w normalised to w^T (K L K + mu I) w = 1.
+  -1/(n_s n_t) across) and H = I - 11^T / n, TCA solves
+
+      min_W tr(W^T K L K W) + mu tr(W^T W)   s.t.   W^T K H K W = I      (eq. 7)
+
+  whose solution W is the m leading eigenvectors of (K L K + mu I)^{-1} K H K (eq. 8-9); the
+  embedding is Z = K W.  Here the equivalent symmetric-definite generalised problem
+  K H K w = lambda (K L K + mu I) w is solved in float64 on the host (SciPy), whatever the
+  input dtype: K H K and K L K square the kernel's scale and conditioning, which float32
+  cannot resolve (a float32 Cholesky route gave eigenvalues off by 60% or NaN).  Each
+  eigenvector is then scaled to satisfy the paper's constraint w^T K H K w = 1 (the
+  eigenvectors are already K H K-orthogonal), so the centred embedding H Z has orthonormal
+  columns, Z^T H Z = I.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg
+import numpy as np
+import scipy.linalg
 
 from da_framework.transfer.weights import TransferError
 
@@ -87,20 +96,32 @@ def subspace_alignment(source: jax.Array, target: jax.Array, dim: int) -> Subspa
     return SubspaceAlignment(source.mean(0), target.mean(0), ps, pt, ps.T @ pt)
 
 
-def kernel_matrix(a: jax.Array, b: jax.Array, kernel: Kernel = "linear", gamma: float | None = None) -> jax.Array:
-    """``k(a_i, b_j)``: linear ``a b^T`` or Gaussian ``exp(-gamma ||a_i - b_j||^2)`` (gamma default 1/d)."""
+def _kernel(a, b, kernel: Kernel, gamma: float | None, xp):
+    """``kernel_matrix`` in the array module ``xp`` (jax.numpy, or NumPy for the float64 fit)."""
     if kernel == "linear":
         return a @ b.T
     if kernel == "rbf":
         g = 1.0 / a.shape[1] if gamma is None else gamma
-        d2 = jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
-        return jnp.exp(-g * jnp.maximum(d2, 0.0))
+        centre = (xp.sum(a, 0) + xp.sum(b, 0)) / (a.shape[0] + b.shape[0])  # no cancellation at large offsets
+        a, b = a - centre, b - centre
+        d2 = xp.sum(a**2, 1)[:, None] + xp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
+        return xp.exp(-g * xp.maximum(d2, 0.0))
     raise TransferError(f"unknown kernel {kernel!r}; valid: linear, rbf")
+
+
+def kernel_matrix(a: jax.Array, b: jax.Array, kernel: Kernel = "linear", gamma: float | None = None) -> jax.Array:
+    """``k(a_i, b_j)``: linear ``a b^T`` or Gaussian ``exp(-gamma ||a_i - b_j||^2)`` (gamma default 1/d)."""
+    return _kernel(jnp.asarray(a), jnp.asarray(b), kernel, gamma, jnp)
+
+
+def _mmd_vector(n_source: int, n_target: int, xp):
+    """e with L = e e^T: 1/n_s on source points, -1/n_t on target points."""
+    return xp.concatenate([xp.full((n_source,), 1.0 / n_source), xp.full((n_target,), -1.0 / n_target)])
 
 
 def mmd_matrix(n_source: int, n_target: int) -> jax.Array:
     """TCA's L: tr(K L) is the (biased) squared MMD between the two sets' kernel means."""
-    e = jnp.concatenate([jnp.full((n_source,), 1.0 / n_source), jnp.full((n_target,), -1.0 / n_target)])
+    e = _mmd_vector(n_source, n_target, jnp)
     return jnp.outer(e, e)
 
 
@@ -110,7 +131,7 @@ class TCA:
 
     Attributes:
       data: the n_s + n_t fitting points (source first).
-      components: W (n, m), the transfer components.
+      components: W (n, m), the transfer components, normalised to W^T K H K W = I.
       eigenvalues: the m leading generalised eigenvalues, descending.
       kernel, gamma: the kernel used.
       n_source: number of source points in ``data``.
@@ -151,31 +172,48 @@ def tca(
 
     Args:
       source, target: feature arrays of both domains (same d).
-      num_components: m, the embedding width (<= n_s + n_t).
+      num_components: m, the embedding width (at most the rank of K H K: e.g. <= d for the
+        linear kernel).
       mu: the trade-off (regulariser) of the trace objective, > 0.
       kernel: ``"linear"`` or ``"rbf"``.
       gamma: RBF width (default 1/d).
+
+    Returns:
+      the fit, with ``data``, ``components`` and ``eigenvalues`` in the inputs' floating
+      dtype (float32 unless float64 is enabled), computed in float64.
+
+    Raises:
+      TransferError: for mismatched widths, mu <= 0, a bad kernel, or ``num_components``
+        outside [1, n] or above the numerical rank of K H K (the constraint
+        W^T K H K W = I then has no solution).
     """
     source, target = _check_features(source, "tca"), _check_features(target, "tca")
     if source.shape[1] != target.shape[1]:
         raise TransferError(f"tca: feature widths differ: {source.shape[1]} vs {target.shape[1]}")
     if mu <= 0:
         raise TransferError(f"tca: mu must be > 0, got {mu}")
-    x = jnp.concatenate([source, target])
+    dtype = jnp.promote_types(jnp.result_type(source, target), jnp.float32)
+    x = np.concatenate([np.asarray(source, np.float64), np.asarray(target, np.float64)])
     n = x.shape[0]
     if not 1 <= num_components <= n:
         raise TransferError(f"tca: num_components must be in [1, {n}], got {num_components}")
-    k = kernel_matrix(x, x, kernel, gamma)
-    h = jnp.eye(n) - jnp.full((n, n), 1.0 / n)
-    a = k @ h @ k
-    b = k @ mmd_matrix(source.shape[0], target.shape[0]) @ k + mu * jnp.eye(n)
-    c = jnp.linalg.cholesky((b + b.T) / 2)  # b = c c^T
-    ci_a = jax.scipy.linalg.solve_triangular(c, (a + a.T) / 2, lower=True)  # c^-1 a
-    s = jax.scipy.linalg.solve_triangular(c, ci_a.T, lower=True)  # c^-1 a c^-T (symmetric)
-    vals, vecs = jnp.linalg.eigh((s + s.T) / 2)
-    order = jnp.argsort(vals)[::-1][:num_components]
-    w = jax.scipy.linalg.solve_triangular(c.T, vecs[:, order], lower=False)  # c^-T v
-    return TCA(x, w, vals[order], kernel, gamma, source.shape[0])
+    k = _kernel(x, x, kernel, gamma, np)
+    hk = k - k.mean(0)  # H K
+    a = hk.T @ hk  # K H K (H is symmetric and idempotent)
+    ke = k @ _mmd_vector(source.shape[0], target.shape[0], np)
+    b = np.outer(ke, ke) + mu * np.eye(n)  # K L K + mu I, L = e e^T
+    vals, vecs = scipy.linalg.eigh(a, b, subset_by_index=[n - num_components, n - 1])  # w^T b w = 1
+    vals, vecs = vals[::-1], vecs[:, ::-1]
+    # b >= mu I, so a zero eigenvalue of K H K shows up as rounding of order eps ||a|| / mu
+    rank_tol = n * np.finfo(np.float64).eps * float(np.max(np.abs(a))) / mu
+    if vals[-1] <= rank_tol:
+        rank = int(np.sum(scipy.linalg.eigvalsh(a, b) > rank_tol))
+        raise TransferError(
+            f"tca: num_components={num_components} exceeds the rank of K H K ({rank}) for these features and kernel; "
+            f"use num_components <= {rank}"
+        )
+    w = vecs / np.sqrt(vals)  # w^T (K H K) w = lambda w^T b w / lambda = 1
+    return TCA(jnp.asarray(x, dtype), jnp.asarray(w, dtype), jnp.asarray(vals, dtype), kernel, gamma, source.shape[0])
 
 
 def linear_mmd(a: jax.Array, b: jax.Array) -> jax.Array:
