@@ -144,3 +144,35 @@ def test_tca_float32_inputs_match_float64_and_satisfy_the_paper_constraint():
     # more components than the rank of K H K (d = 10 for the linear kernel): no W satisfies the constraint
     with pytest.raises(TransferError, match="rank"):
         tca(xs, xt, 11)
+
+
+# ------------------------------------------------------------------------------ cross-entropy
+
+
+def test_cross_entropy_out_of_range_labels_are_nan_under_jit_and_errors_eagerly():
+    from da_framework.losses.classification import cross_entropy
+    from da_framework.losses.registry import LossError
+
+    logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]])
+    logp = np.asarray(jax.nn.log_softmax(logits))
+    ce = jax.jit(cross_entropy)
+    np.testing.assert_allclose(ce(logits, jnp.array([0, 2])), -(logp[0, 0] + logp[1, 2]) / 2, rtol=1e-6)
+    # traced labels: -1 was scored as class k-1 (equal to the line above), k gave NaN by accident
+    for bad in ([0, -1], [0, 3], [-5, 1]):
+        assert np.isnan(float(ce(logits, jnp.array(bad))))
+        assert np.isnan(float(jax.jit(lambda a, b: cross_entropy(a, b, 0.1))(logits, jnp.array(bad))))
+    # gradients of the valid examples stay finite when the loss is finite
+    g = jax.grad(cross_entropy)(logits, jnp.array([0, 2]))
+    assert bool(jnp.all(jnp.isfinite(g)))
+    # concrete labels are checked eagerly
+    with pytest.raises(LossError, match=r"labels must be in \[0, 3\)"):
+        cross_entropy(logits, jnp.array([0, -1]))
+    with pytest.raises(LossError, match="empty batch"):
+        cross_entropy(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32))
+    with pytest.raises(LossError, match="empty batch"):
+        jax.jit(cross_entropy)(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32))
+    for eps in (-0.1, 1.0, 1.5):
+        with pytest.raises(LossError, match="label_smoothing"):
+            cross_entropy(logits, jnp.array([0, 2]), eps)
+    with pytest.raises(LossError, match="integer"):
+        cross_entropy(logits, jnp.array([0.0, 2.0]))
