@@ -176,3 +176,20 @@ def test_cross_entropy_out_of_range_labels_are_nan_under_jit_and_errors_eagerly(
             cross_entropy(logits, jnp.array([0, 2]), eps)
     with pytest.raises(LossError, match="integer"):
         cross_entropy(logits, jnp.array([0.0, 2.0]))
+
+
+# ---------------------------------------------------------------------------- FixMatch NaN
+
+
+def test_fixmatch_nan_weak_logits_give_nan():
+    from da_framework.losses.fixmatch import confidence_mask, fixmatch_loss
+
+    weak = jnp.array([[4.0, 0.0], [0.1, 0.0], [5.0, 0.0]])
+    strong = jnp.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    ref = (np.log1p(np.exp(-1.0)) + np.log1p(np.exp(-2.0))) / 3  # rows 0, 2 pass tau = 0.95
+    np.testing.assert_allclose(float(fixmatch_loss(weak, strong, 0.95)), ref, rtol=1e-6)
+    bad = weak.at[1, 0].set(jnp.nan)  # an unconfident row: was masked to a finite loss
+    assert np.isnan(float(jax.jit(fixmatch_loss)(bad, strong)))
+    assert np.isnan(float(fixmatch_loss(bad.at[1, 0].set(jnp.inf), strong)))
+    assert np.isnan(float(fixmatch_loss(weak, strong.at[0, 1].set(jnp.nan))))
+    np.testing.assert_array_equal(np.isnan(np.asarray(confidence_mask(bad, 0.95))), [False, True, False])

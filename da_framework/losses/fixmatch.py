@@ -23,9 +23,14 @@ from da_framework.losses.registry import LossError, LossInputs, register_loss
 
 
 def confidence_mask(logits: jax.Array, threshold: float) -> jax.Array:
-    """(n,) float mask: 1 where the softmax's largest probability is >= ``threshold``."""
+    """(n,) float mask: 1 where the softmax's largest probability is >= ``threshold``, else 0.
+
+    NaN where the row's softmax is NaN (NaN or +inf logits), so a diverged weak view makes
+    the loss NaN (and the trainer stops) instead of being masked out as "unconfident".
+    """
     probs = jax.nn.softmax(logits.astype(compute_dtype(logits)), axis=-1)
-    return (jnp.max(probs, axis=-1) >= threshold).astype(jnp.float32)
+    top = jnp.max(probs, axis=-1)
+    return jnp.where(jnp.isnan(top), jnp.nan, (top >= threshold).astype(jnp.float32)).astype(jnp.float32)
 
 
 def fixmatch_loss(weak_logits: jax.Array, strong_logits: jax.Array, threshold: float = 0.95) -> jax.Array:
@@ -37,7 +42,8 @@ def fixmatch_loss(weak_logits: jax.Array, strong_logits: jax.Array, threshold: f
       threshold: tau in [0, 1]; pseudo-labels less confident than this are masked out.
 
     Returns:
-      mean over all n examples of mask_i * CE(strong_logits_i, argmax weak_logits_i).
+      mean over all n examples of mask_i * CE(strong_logits_i, argmax weak_logits_i); NaN
+      when any weak or strong logit row is NaN (NaN is never masked to 0).
 
     Raises:
       LossError: for mismatched shapes, an empty batch or a threshold outside [0, 1].
