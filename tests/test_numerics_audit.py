@@ -193,3 +193,16 @@ def test_fixmatch_nan_weak_logits_give_nan():
     assert np.isnan(float(fixmatch_loss(bad.at[1, 0].set(jnp.inf), strong)))
     assert np.isnan(float(fixmatch_loss(weak, strong.at[0, 1].set(jnp.nan))))
     np.testing.assert_array_equal(np.isnan(np.asarray(confidence_mask(bad, 0.95))), [False, True, False])
+
+
+# --------------------------------------------------------------------------- swd citation
+
+
+def test_swd_is_registered_as_feature_alignment_not_lee_et_al():
+    from da_framework.losses.registry import get_loss
+    from da_framework.train.method import parse_method
+
+    spec = get_loss("swd")
+    assert "Lee" not in spec.reference and "Bonneel" in spec.reference  # Lee et al. is a two-classifier method
+    assert "features" in spec.description
+    assert [t.loss for t in parse_method("swd").terms] == ["cross_entropy", "swd"]  # records use the preset

@@ -1,8 +1,11 @@
 """Sliced Wasserstein distance between source and target features.
 
 Bonneel, Rabin, Peyre & Pfister, "Sliced and Radon Wasserstein Barycenters of Measures",
-JMIV 2015 (the definition); Lee, Batra, Baig & Ulbricht, "Sliced Wasserstein
-Discrepancy for Unsupervised Domain Adaptation", CVPR 2019 (its use as a loss).
+JMIV 2015 (the definition); its use as a differentiable loss between two sets of samples
+follows Deshpande, Zhang & Schwing, "Generative Modeling Using the Sliced Wasserstein
+Distance", CVPR 2018.  The registered term ``swd`` applies it to domain adaptation as a
+feature-alignment discrepancy (like MMD or CORAL): SW between the source and the target
+features of the shared encoder, minimised together with the source cross-entropy.
 
     SW_p^p(S, T) = E_{theta ~ U(S^{d-1})} W_p^p(theta^T S, theta^T T),
 
@@ -11,6 +14,12 @@ plan is monotone, so W_p^p between the empirical measures (1/n) sum delta_{a_i} 
 (1/m) sum delta_{b_j} is the integral over u in (0, 1] of |F_a^{-1}(u) - F_b^{-1}(u)|^p: both
 quantile functions are step functions, constant between the merged levels {i/n} U {j/m},
 so the integral is an exact finite sum (for n = m: the mean of |sort(a) - sort(b)|^p).
+
+This is *not* the "Sliced Wasserstein Discrepancy" of Lee, Batra, Baig & Ulbricht (CVPR
+2019), which replaces MCD's L1 classifier discrepancy by SW between the *predictions of two
+classifiers on target data* and trains with MCD's three-step adversarial schedule
+(:mod:`da_framework.methods.mcd`); that method is not implemented here.  The name ``swd``
+(sliced Wasserstein distance) is kept because benchmark records use it.
 """
 
 from __future__ import annotations
@@ -77,9 +86,15 @@ def sliced_wasserstein(
 
 @register_loss(
     "swd",
-    description="sliced Wasserstein distance SW_2^2 between source and target features",
-    reference="Lee et al., 'Sliced Wasserstein Discrepancy for Unsupervised Domain Adaptation', CVPR 2019",
+    description="sliced Wasserstein distance SW_2^2 between source and target features (feature alignment; "
+    "not Lee et al.'s two-classifier SWD)",
+    reference="Bonneel et al., 'Sliced and Radon Wasserstein Barycenters of Measures', JMIV 2015; "
+    "Deshpande et al., 'Generative Modeling Using the Sliced Wasserstein Distance', CVPR 2018",
 )
 def swd_term(inputs: LossInputs, num_projections: int = 128, p: float = 2.0) -> jax.Array:
-    """Sliced Wasserstein between the step's source and target features (fresh directions each step)."""
+    """Sliced Wasserstein between the step's source and target features (fresh directions each step).
+
+    Feature alignment, not Lee et al.'s (CVPR 2019) discrepancy between two classifiers' target
+    predictions; see the module doc.
+    """
     return sliced_wasserstein(inputs.source_features, inputs.target_features, inputs.key, num_projections, p)
