@@ -7,7 +7,14 @@ import optax
 import pytest
 
 from da_framework.detection.boxes import encode_centers
-from da_framework.detection.model import DetectorError, detection_loss, focal_loss, make_detector
+from da_framework.detection.model import (
+    DetectorError,
+    HeadOutputs,
+    detection_loss,
+    encode_batch,
+    focal_loss,
+    make_detector,
+)
 from da_framework.detection.synthetic import render_split
 from da_framework.detection.train import (
     evaluate_ap,
@@ -18,6 +25,7 @@ from da_framework.detection.train import (
     make_detection_step,
     random_flip,
 )
+from da_framework.losses.mmd import mk_mmd
 
 TINY = {"width": 8, "head_channels": 8}
 
@@ -88,7 +96,20 @@ def test_step_is_pure_and_learns(data):
     s1, m1 = step(state, batch, xs, xt, jax.random.PRNGKey(1))
     s1b, m1b = step(state, batch, xs, xt, jax.random.PRNGKey(1))
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), s1.params, s1b.params))
-    assert "loss/align" in m1 and float(m1["loss/align"]) >= 0
+    assert {k: float(v) for k, v in m1b.items()} == {k: float(v) for k, v in m1.items()}
+    # the first step's terms at the initial parameters: MK-MMD of the pooled features of the
+    # two alignment batches, and the CenterNet loss of the (unflipped) labelled batch
+    @jax.jit
+    def reference(p):
+        _, feats = model.apply({"params": p}, jnp.concatenate([xs, xt]), train=True)
+        outputs, _ = model.apply({"params": p}, batch["image"], train=True)
+        labels = jnp.zeros(batch["boxes"].shape[:2], jnp.int32)
+        det, _ = detection_loss(outputs, encode_batch(batch["boxes"], labels, batch["box_mask"], 8, 1))
+        return mk_mmd(feats[: len(xs)], feats[len(xs) :]), det
+
+    align, det = reference(params)
+    np.testing.assert_allclose(m1["loss/align"], align, rtol=1e-5)
+    np.testing.assert_allclose(m1["loss"], det + 0.5 * align, rtol=1e-5)
     for i in range(25):
         state, m = step(state, batch, xs, xt, jax.random.PRNGKey(i))
     assert float(m["loss"]) < 0.6 * float(m1["loss"])
@@ -97,13 +118,36 @@ def test_step_is_pure_and_learns(data):
         make_detection_step(model, tx, 16, align_weight=-1.0)
 
 
+class _Oracle:
+    """A stand-in detector whose "parameters" are its head outputs for the whole split."""
+
+    def apply(self, variables, images):
+        return variables["params"], None
+
+
+def test_evaluate_ap_of_hand_made_detectors(data):
+    peds, _ = data  # 4 images, 7 boxes, none difficult; grid 8 at 32x32 pixels
+    a = peds.arrays
+    assert int(a["box_mask"].sum()) == 7 and not a["is_difficult"].any()
+    t = encode_batch(jnp.asarray(a["boxes"]), jnp.zeros(a["box_mask"].shape, jnp.int32), jnp.asarray(a["box_mask"]), 8, 1)
+    perfect = HeadOutputs(jnp.where(t.heatmap >= 1, 30.0, -30.0), t.offset, t.log_size)
+    assert evaluate_ap(_Oracle(), perfect, peds) == {"ap50": 1.0, "ap50_voc07": 1.0}
+    # image 1's only object missed: precision 1 up to recall 6/7, so AP = 6/7 and the 11-point
+    # AP = 9/11 (recall levels 0, 0.1, ..., 0.8 reached; 0.9 and 1.0 not)
+    missed = perfect._replace(heatmap=perfect.heatmap.at[1].set(-30.0))
+    ap = evaluate_ap(_Oracle(), missed, peds)
+    assert ap["ap50"] == pytest.approx(6 / 7) and ap["ap50_voc07"] == pytest.approx(9 / 11)
+    # boxes of half the height and width: IoU 1/4 < 0.5, no true positive
+    half = perfect._replace(log_size=perfect.log_size - np.log(2.0))
+    assert evaluate_ap(_Oracle(), half, peds) == {"ap50": 0.0, "ap50_voc07": 0.0}
+
+
 @pytest.mark.slow
 def test_fit_and_evaluate_run(data):
     peds, birds = data
     model = make_detector(**TINY)
     params = fit(model, peds, steps=3, seed=0, batch_size=4)
-    ap = evaluate_ap(model, params, peds)
-    assert 0.0 <= ap["ap50"] <= 1.0 and 0.0 <= ap["ap50_voc07"] <= 1.0
+    assert set(evaluate_ap(model, params, peds)) == {"ap50", "ap50_voc07"}
     align = {"align_weight": 1.0, "align_source": birds, "align_target": peds}
     tuned = fit(model, peds, steps=2, seed=0, batch_size=4, init_params=params, **align)
     assert jax.tree.structure(tuned) == jax.tree.structure(params)
