@@ -2,7 +2,8 @@
 
 1. Source: LeNet (conv 20, conv 50, dense 256, no bottleneck) trained on ``digits/source``
    (``SOURCE_STEPS`` Adam steps), saved with orbax under
-   ``<results_dir>/digits_transfer_wider/source_seed<k>`` (restored if already there).
+   ``<results_dir>/digits_transfer_wider/source_seed<k>_steps<n>`` (restored if already
+   there and its saved settings are this file's; ``da run --force`` retrains it).
 2. Target: a wider LeNet (dense 512) with a 128-d bottleneck.  ``transfer_params(...,
    include=r"^backbone/")`` copies both convolutions; the dense layer (256 -> 512 columns) is
    reported as a shape mismatch and the bottleneck/head stay freshly initialised.
@@ -41,8 +42,11 @@ def get_config() -> dict:
     return {"source": "digits/source", "target": "digits/rotate", "model": "lenet", "model_kwargs": TARGET_KWARGS}
 
 
-def source_model(results_dir: Path, seed: int, steps: int = SOURCE_STEPS) -> tuple[Any, dict, dict]:
-    """The trained source LeNet of ``seed``: ``(model, variables, meta)`` (trained once, then restored)."""
+def source_model(results_dir: Path, seed: int, steps: int = SOURCE_STEPS, force: bool = False) -> tuple[Any, dict, dict]:
+    """The trained source LeNet of ``seed``: ``(model, variables, meta)`` (trained once, then
+    restored; a saved model whose settings differ from this file's is refused)."""
+    import json
+
     import jax
     import optax
 
@@ -52,17 +56,23 @@ def source_model(results_dir: Path, seed: int, steps: int = SOURCE_STEPS) -> tup
     from da_framework.transfer.finetune import accuracy, fit, split_arrays
 
     model = make_model("lenet", 10, None, **SOURCE_KWARGS)
-    path = Path(results_dir) / "digits_transfer_wider" / f"source_seed{seed}"
-    if (path / "variables").is_dir():
+    from da_framework.config import ConfigError
+
+    path = Path(results_dir) / "digits_transfer_wider" / f"source_seed{seed}_steps{steps}"
+    settings = {"model": "lenet", "model_kwargs": SOURCE_KWARGS, "steps": steps, "seed": seed, "lr": LR}
+    if (path / "variables").is_dir() and not force:
         variables, meta = restore_model(path)
+        saved = {k: meta.get(k) for k in settings}
+        if json.dumps(saved, sort_keys=True) != json.dumps(settings, sort_keys=True):
+            raise ConfigError(f"saved source model {path} was trained with {saved}, not {settings}; "
+                              "rerun with --force to retrain it, or use another --results-dir")
         return model, variables, meta
     source = get_domain("digits/source")
     x, y = split_arrays(source, "train")
     variables = model.init(jax.random.key(10_000 + seed), x[:2])
     variables = fit(model, variables, optax.adam(LR), x, y, steps, jax.random.key(20_000 + seed), batch_size=64)
     xt, yt = split_arrays(source, "test")
-    meta = {"model": "lenet", "model_kwargs": SOURCE_KWARGS, "steps": steps, "seed": seed,
-            "source_test_accuracy": accuracy(model, variables, xt, yt)}  # fmt: skip
+    meta = {**settings, "source_test_accuracy": accuracy(model, variables, xt, yt)}
     save_model(path, variables, meta, overwrite=True)
     return model, variables, meta
 
@@ -104,7 +114,7 @@ def finetune_target(
     return model, variables, info
 
 
-def run(results_dir: Path, seeds: list[int], steps: int | None) -> list[dict]:
+def run(results_dir: Path, seeds: list[int], steps: int | None, force: bool = False) -> list[dict]:
     """Every (labels per class, variant, seed); ``steps`` overrides the fine-tuning steps.
 
     Writes ``<results_dir>/digits_transfer_wider/rows.json`` and returns the rows plus one
@@ -120,7 +130,7 @@ def run(results_dir: Path, seeds: list[int], steps: int | None) -> list[dict]:
     xt, yt = split_arrays(get_domain("digits/rotate"), "test")
     rows = []
     for seed in seeds:
-        src_model, src_vars, meta = source_model(results_dir, seed)
+        src_model, src_vars, meta = source_model(results_dir, seed, force=force)
         src_on_target = accuracy(src_model, src_vars, xt, yt)
         for per_class in LABELS_PER_CLASS:
             for variant in VARIANTS:

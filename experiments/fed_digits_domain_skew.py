@@ -36,8 +36,9 @@ def get_config() -> dict:
     return {"source": "digits/source", "target": "digits/rotate", "model": "lenet", "bottleneck_dim": 128}
 
 
-def run(results_dir: Path, seeds: list[int], steps: int | None) -> list[dict]:
-    """Federated runs for ``da run``: one per seed; ``steps`` (if given) is the number of rounds."""
+def run(results_dir: Path, seeds: list[int], steps: int | None, overrides: dict | None = None, force: bool = False) -> list[dict]:
+    """Federated runs for ``da run``: one per seed; ``steps`` (if given) is the number of rounds,
+    ``overrides`` are ``--set`` values (experiment or federated keys), ``force`` reruns."""
     from da_framework.federated.command import run_fed_seeds
 
-    return run_fed_seeds(__file__, seeds, Path(results_dir), rounds=steps)
+    return run_fed_seeds(__file__, seeds, Path(results_dir), rounds=steps, overrides=overrides, force=force)

@@ -42,10 +42,18 @@ def _records():
 
 def test_summary_table_mean_std_and_bold():
     t = summary_table("t", {"x": {"c": [0.5, 0.7]}, "y": {"c": [0.4]}}, ["c"])
-    assert t.rows[0] == ["x", "60.0 ± 14.1"] and t.rows[1] == ["y", "40.0"]
+    assert t.rows[0] == ["x", "60.0 ± 14.1"] and t.rows[1] == ["y", "40.0 (n=1)"]  # fewer seeds: marked
     assert t.bold == [[False, True], [False, False]]
     t = summary_table("t", {"x": {"c": [0.5]}, "y": {"c": [0.4]}}, ["c"], better="min")
     assert t.bold == [[False, False], [False, True]]
+
+
+def test_a_cell_with_missing_seeds_is_marked_and_never_bold():
+    """The audit's case: a 1-seed row with the highest mean was bolded in a 2-seed table."""
+    t = summary_table("t", {"full": {"c": [0.5, 0.6]}, "lucky": {"c": [0.9]}}, ["c"])
+    assert t.rows == [["full", "55.0 ± 7.1"], ["lucky", "90.0 (n=1)"]]
+    assert t.bold == [[False, True], [False, False]] and "(n=k): over k of the 2 seeds" in t.note
+    assert to_markdown(t).count("**") == 2  # only the full row's cell is bold
 
 
 def test_headline_table_values_bold_and_average():

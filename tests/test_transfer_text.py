@@ -87,9 +87,16 @@ def test_digits_experiment_smoke(tmp_path, monkeypatch):
     exp = _experiment("digits_transfer_wider")
     monkeypatch.setattr(exp, "LABELS_PER_CLASS", (2,))
     _, variables, meta = exp.source_model(tmp_path, 0, steps=5)
-    assert (tmp_path / "digits_transfer_wider" / "source_seed0" / "variables").is_dir()
-    _, restored, meta2 = exp.source_model(tmp_path, 0)  # restored from orbax, not retrained
+    assert (tmp_path / "digits_transfer_wider" / "source_seed0_steps5" / "variables").is_dir()
+    _, restored, meta2 = exp.source_model(tmp_path, 0, steps=5)  # restored from orbax, not retrained
     assert meta2["steps"] == 5 and meta2["source_test_accuracy"] == meta["source_test_accuracy"]
     np.testing.assert_array_equal(restored["params"]["head"]["kernel"], variables["params"]["head"]["kernel"])
+    # Another step count is another model (the 5-step one is never returned as a 6-step one).
+    _, other, meta3 = exp.source_model(tmp_path, 0, steps=6)
+    assert meta3["steps"] == 6 and not np.array_equal(other["params"]["head"]["kernel"], variables["params"]["head"]["kernel"])
+    monkeypatch.setattr(exp, "LR", 2e-3)  # a saved model of other settings is refused, not reused
+    with pytest.raises(ValueError, match="trained with"):
+        exp.source_model(tmp_path, 0, steps=5)
+    monkeypatch.setattr(exp, "LR", 1e-3)
     rows = exp.run(tmp_path, [0], steps=3)
     assert len(rows) == len(exp.VARIANTS) and rows[0]["labels_per_class"] == 2

@@ -2,91 +2,110 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console()
+from da_framework.console import RunProgress, escape, make_console
+
+console = make_console()
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(code=2)
+def _fail(message: str, error: BaseException | None = None) -> None:
+    from da_framework.cli import fail
+
+    fail(message, error)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from da_framework.config import ConfigError
-    from da_framework.data.domain import DomainError
-    from da_framework.losses.registry import LossError
-    from da_framework.models.registry import ModelError
-    from da_framework.train.loop import NonFiniteLossError
-    from da_framework.train.parallel import ParallelError
+    from da_framework.errors import user_errors
 
-    return (ConfigError, DomainError, LossError, ModelError, ParallelError, NonFiniteLossError, ValueError)
+    return user_errors()
 
 
 def bench(
     sweep: Annotated[str, typer.Argument(help="sweep name (experiments/sweeps/<name>.py) or path to a file defining get_sweep()")],
     results_dir: Annotated[Path, typer.Option(help="where result JSON files go")] = Path("results"),
-    max_runs: Annotated[int | None, typer.Option(help="stop after this many new runs (the rest stay pending)")] = None,
+    max_runs: Annotated[int | None, typer.Option(min=0, help="stop after this many new runs (the rest stay pending)")] = None,
     vmap_seeds: Annotated[bool, typer.Option(help="train the pending seeds of each (pair, method, grid point) as one vmapped program")] = False,
 ) -> None:
-    """Run every run of a sweep that has no result yet (methods x pairs x seeds x grid); resumable."""
-    from da_framework.bench.sweep import expand_sweep, load_sweep, pending, run_or_record_divergence, run_seed_group, seed_groups
+    """Run every run of a sweep that has no result yet (methods x pairs x seeds x grid); resumable.
+
+    Several ``da bench`` processes may work on one results folder at once: each claims a run
+    before starting it, so no run is done twice.
+    """
+    from da_framework.bench.sweep import check_done, expand_sweep, load_sweep, pending, run_or_record_divergence, run_seed_group, seed_groups
+    from da_framework.results import check_writable, claim
 
     errors = _user_errors()
     try:
         spec = load_sweep(sweep)
         runs = expand_sweep(spec, results_dir)
+        check_done(runs)  # an edited sweep must not mix its results with the old ones
+        check_writable(results_dir)
     except errors as e:
-        _fail(str(e))
+        _fail(str(e), e)
     todo = pending(runs)
     if max_runs is not None:
         todo = todo[:max_runs]
-    console.print(f"sweep {spec['name']!r}: {len(runs)} runs, {len(runs) - len(pending(runs))} already done, running {len(todo)}")
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
-    ) as progress:
-        total = progress.add_task("runs", total=len(todo), info="")
+    console.print(f"sweep {escape(spec['name'])!s}: {len(runs)} runs, {len(runs) - len(pending(runs))} already done, running {len(todo)}")
+    busy = 0
+    with RunProgress(console, len(todo)) as progress:
         if vmap_seeds:
             for group in seed_groups(todo):
                 c = group[0].config
                 label = f"{c.source}→{c.target} | {c.method} | {dict(group[0].hparams) or ''} seeds {[r.config.seed for r in group]} (vmapped)"
-                try:
-                    records = run_seed_group(group)
-                except errors as e:
-                    _fail(f"{label}: {e}")
+                with _claim_all(group, claim) as mine:
+                    busy += len(group) - len(mine)
+                    if not mine:
+                        progress.done(f"[yellow]skip (running in another process):[/] {escape(label)}", advance=len(group))
+                        continue
+                    progress.start(label, c.steps)
+                    try:
+                        records = run_seed_group(mine)
+                    except errors as e:
+                        _fail(f"{label}: {e}", e)
                 accs = ", ".join(f"{r['metrics']['target_test_accuracy']:.3f}" for r in records)
-                progress.console.print(f"{label}: target acc {accs}")
-                progress.advance(total, len(group))
+                progress.done(f"{escape(label)}: target acc {accs}", advance=len(group))
             todo = []
         for run in todo:
             c = run.config
             label = f"{c.source}→{c.target} | {c.method} | {dict(run.hparams) or ''} seed {c.seed}"
-            task = progress.add_task(label, total=c.steps, info="")
-
-            def on_log(step: int, metrics: dict[str, float], task: int = task) -> None:
-                progress.update(task, completed=step, info=f"loss {metrics['loss']:.3f}")
-
-            try:
-                record = run_or_record_divergence(run, on_log=on_log)
-            except errors as e:
-                _fail(f"{label}: {e}")
-            progress.remove_task(task)
+            with claim(run.path) as mine:
+                if not mine or run.path.exists():  # another worker has it, or finished it meanwhile
+                    busy += not mine
+                    progress.done(f"[yellow]skip ({'running in another process' if not mine else 'finished by another process'}):[/] {escape(label)}")
+                    continue
+                on_log = progress.start(label, c.steps)
+                try:
+                    record = run_or_record_divergence(run, on_log=on_log)
+                except errors as e:
+                    _fail(f"{label}: {e}", e)
             if record.get("status") == "diverged":
-                progress.console.print(f"[yellow]diverged:[/] {label}: {record['error']} -> recorded in {run.path}", soft_wrap=True)
+                progress.done(f"[yellow]diverged:[/] {escape(label)}: {escape(record['error'])} -> recorded in {escape(run.path)}")
             else:
-                progress.console.print(
-                    f"{label}: target acc {record['metrics']['target_test_accuracy']:.3f} "
-                    f"({record['wall_time_s']:.1f}s) -> {run.path}"
-                )
-            progress.advance(total)
+                progress.done(f"{escape(label)}: target acc {record['metrics']['target_test_accuracy']:.3f} "
+                              f"({record['wall_time_s']:.1f}s) -> {escape(run.path)}")
     left = len(pending(runs))
-    console.print(f"done: {len(runs) - left}/{len(runs)} runs finished" + (f", {left} pending" if left else ""))
+    console.print(f"done: {len(runs) - left}/{len(runs)} runs finished" + (f", {left} pending" if left else "")
+                  + (f" ({busy} of them running in another process)" if busy else ""))
+
+
+class _claim_all:
+    """Claims every run of a group it can; ``as`` gives the runs this process holds."""
+
+    def __init__(self, group: list[Any], claim: Any) -> None:
+        import contextlib
+
+        self.group, self.claim, self.stack = group, claim, contextlib.ExitStack()
+
+    def __enter__(self) -> list[Any]:
+        return [r for r in self.group if self.stack.enter_context(self.claim(r.path)) and not r.path.exists()]
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stack.close()
 
 
 def report(
@@ -98,32 +117,73 @@ def report(
     """Write Markdown and LaTeX tables (mean ± std over seeds) and PNG plots into the results folder."""
     from da_framework.bench.report import write_report
 
+    skipped: list[str] = []
     try:
-        written = write_report(results_dir, select=select, metric=metric, embedding=embedding)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        written = write_report(results_dir, select=select, metric=metric, embedding=embedding, skipped=skipped)
+    except _user_errors() as e:
+        _fail(str(e), e)
     typer.echo((results_dir / "report.md").read_text())
-    console.print("wrote: " + ", ".join(str(p) for p in written))
+    for line in skipped:
+        console.print(f"[yellow]warning:[/] left out {escape(line)}", soft_wrap=True)
+    console.print("wrote: " + ", ".join(escape(p) for p in written), soft_wrap=True)
 
 
 def reproduce(
     results_file: Annotated[Path, typer.Argument(help="a run's result JSON file")],
-    atol: Annotated[float, typer.Option(help="tolerance of the comparison (0: exact, as expected on CPU)")] = 0.0,
+    atol: Annotated[float, typer.Option(min=0.0, help="tolerance of the comparison (0: exact, as expected on CPU)")] = 0.0,
 ) -> None:
-    """Rerun a run from its recorded config and seed and report whether the metrics match (exit 1 if not)."""
-    from da_framework.bench.reproduce import compare_metrics, config_of_record
-    from da_framework.results import platform_info, read_record
-    from da_framework.train.loop import train
+    """Rerun a run from its recorded config and seed and report whether the metrics match (exit 1 if not).
 
-    if not results_file.is_file():
-        _fail(f"no results file {results_file}")
-    record = read_record(results_file)
+    A ``da run``/``da bench`` record reruns through ``train``; a ``da fed`` record through
+    ``run_federated`` with its recorded federated config; a diverged record must diverge
+    again with the same error.
+    """
+    from da_framework.bench.reproduce import compare_metrics, config_of_record
+    from da_framework.results import DIVERGED_FORMAT, RecordError, platform_info, read_record
+    from da_framework.train.loop import NonFiniteLossError, train
+
+    errors = _user_errors()
     try:
+        if not results_file.is_file():
+            raise RecordError(f"no results file {results_file}")
+        record = read_record(results_file)
+        fmt = record["format"]
+        if not (fmt.startswith("da_framework.run") or fmt.startswith("da_framework.fed") or fmt == DIVERGED_FORMAT):
+            raise RecordError(f"{results_file} is a {fmt} record; da reproduce reruns run, federated and diverged records")
         config = config_of_record(record)
-        console.print(f"rerunning {config.source}→{config.target} | {config.method} | seed {config.seed} ({config.steps} steps)")
-        result = train(config)
-    except _user_errors() as e:
-        _fail(str(e))
+    except errors as e:
+        _fail(str(e), e)
+    label = f"{config.source}→{config.target} | {config.method} | seed {config.seed}"
+    diffs: list[str] = []
+    try:
+        if fmt.startswith("da_framework.fed"):
+            from da_framework.federated.config import fed_config_from_dict
+            from da_framework.federated.runner import run_federated
+
+            fed_cfg = fed_config_from_dict(record["fed_config"])
+            console.print(f"rerunning federated {escape(config.name)} | {fed_cfg.algorithm} | seed {config.seed} ({fed_cfg.rounds} rounds)")
+            result = run_federated(config, fed_cfg)
+        else:
+            console.print(f"rerunning {escape(label)} ({config.steps} steps)")
+            start = time.perf_counter()
+            try:
+                result = train(config)
+            except NonFiniteLossError as e:
+                if fmt != DIVERGED_FORMAT:
+                    raise
+                same = str(e) == record["error"]
+                console.print(f"rerun wall time {time.perf_counter() - start:.1f}s")
+                if not same:
+                    console.print(f"[bold red]MISMATCH[/]: diverged again, with another error: recorded {escape(record['error'])!s}, rerun {escape(e)!s}")
+                    raise typer.Exit(code=1) from None
+                console.print(f"[bold green]MATCH[/]: diverged again with the recorded error: {escape(e)}")
+                return
+            if fmt == DIVERGED_FORMAT:
+                console.print(f"[bold red]MISMATCH[/]: the record says the run diverged ({escape(record['error'])}), the rerun finished "
+                              f"with target_test_accuracy {result.metrics['target_test_accuracy']}")
+                raise typer.Exit(code=1)
+    except errors as e:
+        _fail(str(e), e)
     diffs = compare_metrics(record["metrics"], result.metrics, atol)
     if "history" in record:
         diffs += [f"history{d}" for d in compare_metrics({"": record["history"]}, {"": result.history}, atol)]
@@ -139,8 +199,9 @@ def reproduce(
         raise typer.Exit(code=1)
     n = len(compare_metrics({}, record["metrics"]))  # number of recorded metric values
     h = len(compare_metrics({}, {"": record.get("history", [])}))
+    headline = next((f"; {k} {result.metrics[k]}" for k in ("target_test_accuracy", "test_accuracy") if k in result.metrics), "")
     console.print(f"[bold green]MATCH[/]: all {n} metric values and {h} history values identical" + (f" within {atol}" if atol else " (bitwise)")
-                  + f"; target_test_accuracy {result.metrics['target_test_accuracy']}")
+                  + headline)
 
 
 def _jax_version() -> str:

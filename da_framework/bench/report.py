@@ -43,17 +43,27 @@ class TableData:
     note: str = ""
 
 
-def _json_records(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Every JSON object under ``results_dir`` with its path (hidden folders such as checkpoints skipped)."""
+def _json_records(results_dir: Path, skipped: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """Every da_framework record under ``results_dir`` with its path (hidden folders such as
+    checkpoints skipped).  Files that are not valid JSON or not records are not silently
+    dropped: each is appended to ``skipped`` as ``"<path>: <why>"``."""
     if not results_dir.is_dir():
-        raise FileNotFoundError(f"no results folder {results_dir}; run `da bench <sweep> --results-dir ...` first")
+        raise UserError(f"no results folder {results_dir}; run `da bench <sweep> --results-dir ...` first")
     out = []
     for path in sorted(results_dir.rglob("*.json")):
         if any(part.startswith(".") for part in path.relative_to(results_dir).parts):
             continue
-        rec = json.loads(path.read_text())
-        if isinstance(rec, dict):
-            out.append((path, rec))
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            why = f"not valid JSON ({e})"
+        else:
+            if isinstance(rec, dict) and str(rec.get("format", "")).startswith("da_framework."):
+                out.append((path, rec))
+                continue
+            why = "not a da_framework record (no 'format' field)"
+        if skipped is not None:
+            skipped.append(f"{path}: {why}")
     return out
 
 
@@ -64,7 +74,7 @@ def load_records(results_dir: Path, found: Sequence[tuple[Path, dict[str, Any]]]
         if str(rec.get("format", "")).startswith("da_framework.run"):
             out.append({**rec, "_path": str(path)})
     if not out:
-        raise FileNotFoundError(f"no run records under {results_dir}")
+        raise UserError(f"no run records under {results_dir}")
     return out
 
 
@@ -122,7 +132,11 @@ def summary_table(
       first_header: header of the row-label column.
       note: a sentence printed under the table.
     """
-    means = {r: {c: mean_std(v)[0] for c, v in row.items() if len(v)} for r, row in cells.items()}
+    # A cell over fewer seeds than the table's others is marked "(n=k)" and never bold: a
+    # one-seed mean must not win a column of three-seed means.
+    full = max((len(v) for row in cells.values() for v in row.values()), default=0)
+    short = {(r, c) for r, row in cells.items() for c, v in row.items() if better and 0 < len(v) < full}
+    means = {r: {c: mean_std(v)[0] for c, v in row.items() if len(v) and (r, c) not in short} for r, row in cells.items()}
     best = {}
     for c in columns:
         col = [m[c] for m in means.values() if c in m and not math.isnan(m[c])]
@@ -137,9 +151,13 @@ def summary_table(
                 continue
             m, s = mean_std(row[c])
             text = f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}" if len(row[c]) > 1 else f"{m * scale:.{digits}f}"
+            if (r, c) in short:
+                text += f" (n={len(row[c])})"
             line.append(text)
-            flags.append(c in best and round(m * scale, digits) == round(best[c] * scale, digits))
+            flags.append((r, c) not in short and c in best and round(m * scale, digits) == round(best[c] * scale, digits))
         rows.append(line), bold.append(flags)
+    if short:
+        note = (note + " " if note else "") + (f"(n=k): over k of the {full} seeds only (runs missing); not bolded.")
     return TableData(title, [first_header, *columns], rows, bold, note)
 
 
@@ -333,12 +351,26 @@ def grid_table(records: Sequence[dict[str, Any]], metric: str = "target_test_acc
     return summary_table(f"Every grid point: {metric} (%)", cells, [*pairs, "avg"], note=note)
 
 
-def write_report(results_dir: Path, select: str = DEFAULT_VALIDATOR, metric: str = "target_test_accuracy", embedding: str = "pca") -> list[Path]:
-    """Writes ``report.md``, ``report.tex`` and ``plots/*.png`` into ``results_dir``; returns the paths."""
+def write_report(
+    results_dir: Path, select: str = DEFAULT_VALIDATOR, metric: str = "target_test_accuracy", embedding: str = "pca",
+    skipped: list[str] | None = None,
+) -> list[Path]:
+    """Writes ``report.md``, ``report.tex`` and ``plots/*.png`` into ``results_dir``; returns the paths.
+
+    Every JSON file left out (not valid JSON, not a record, a record of another kind) is
+    listed at the top of ``report.md`` and appended to ``skipped`` (if given) as
+    ``"<path>: <why>"``, so the command can warn about it.
+    """
     if select not in VALIDATORS:
         raise UserError(f"unknown validator {select!r}; valid: {', '.join(VALIDATORS)}")
-    found = _json_records(results_dir)  # read every file once for both kinds of record
+    skipped = [] if skipped is None else skipped
+    found = _json_records(results_dir, skipped)  # read every file once for both kinds of record
+    from da_framework.bench.sweep import DIVERGED_FORMAT
+
+    skipped += [f"{p}: a {r['format']} record, not a sweep run" for p, r in found
+                if not str(r["format"]).startswith("da_framework.run") and r["format"] != DIVERGED_FORMAT]
     records = load_records(results_dir, found)
+    check_metric(records, metric)
     tables = [headline_table(records, select, metric)]
     if any(r.get("hparams") for r in records):
         tables.append(grid_table(records, metric))
@@ -348,9 +380,20 @@ def write_report(results_dir: Path, select: str = DEFAULT_VALIDATOR, metric: str
         tables.append(pad_table(records))
     plots = write_plots(records, results_dir / "plots", embedding)
     md = [f"# Results: {results_dir.name}", "", f"{len(records)} runs. Headline model selection: `{select}`.", ""]
+    if skipped:
+        md += [f"**{len(skipped)} JSON file(s) under this folder are not run records and were left out:**", ""]
+        md += [f"- `{line}`" for line in skipped] + [""]
     md += [to_markdown(t) for t in tables]
     md += diverged_markdown(load_diverged(results_dir, found))
     md += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(results_dir)})" for p in plots]
     (results_dir / "report.md").write_text("\n".join(md) + "\n")
     (results_dir / "report.tex").write_text("% generated by `da report`; needs \\usepackage{booktabs}\n" + "\n".join(to_latex(t) for t in tables))
     return [results_dir / "report.md", results_dir / "report.tex", *plots]
+
+
+def check_metric(records: Sequence[Mapping[str, Any]], metric: str) -> None:
+    """Raises UserError unless ``metric`` is a number in every record's metrics (listing the valid ones)."""
+    numeric = [{k for k, v in r["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)} for r in records]
+    if not all(metric in keys for keys in numeric):
+        valid = sorted(set.intersection(*numeric)) if numeric else []
+        raise UserError(f"unknown metric {metric!r} (not a number in every record); valid: {', '.join(valid)}")

@@ -21,6 +21,12 @@ Every run is written as its own record (``da_framework.results`` format plus the
 small ``.features.npz`` for embedding plots) at a path that names it, atomically.  Running a
 sweep again skips every run whose record exists, so a killed sweep restarted loses nothing;
 with ``checkpoint_every`` the interrupted run itself resumes from its last checkpoint.
+
+A record is reused only if the config that made it is the run's config (same config hash,
+:func:`da_framework.results.check_record`): after editing a sweep's base or grid values,
+:func:`check_done` refuses to mix old and new results and says how to proceed.  Several
+``da bench`` processes may share one results folder: each run is claimed
+(:func:`da_framework.results.claim`) before it starts, so none runs twice.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ import jax
 import numpy as np
 
 from da_framework.config import ConfigError, ExperimentConfig, config_keys, experiments_dir, from_dict
-from da_framework.results import make_record, slug, write_json_atomic
+from da_framework.results import DIVERGED_FORMAT as DIVERGED_FORMAT  # re-exported
+from da_framework.results import check_record, make_diverged_record, make_record, read_record, slug, write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "methods", "pairs", "seeds", "grid", "checkpoint_every")
 WEIGHT_PREFIX = "weight:"  # grid key "weight:<loss>": the weight of that loss term
@@ -54,7 +61,6 @@ def _method_key(key: str) -> tuple[str, str] | None:
         return name, loss
     return None
 FEATURES_PER_DOMAIN = 300  # examples per domain kept for embedding plots
-DIVERGED_FORMAT = "da_framework.diverged/1"  # the record of a run whose loss became non-finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,8 +289,7 @@ def write_diverged(run: RunSpec, error: Exception, wall_time_s: float) -> dict[s
     a resumed sweep skip the run (with the same config and seed it diverges again; delete the
     file to retry after a fix), and ``da report`` lists it instead of averaging it.
     """
-    record = make_record(run.config, {}, [], wall_time_s)
-    record.update(format=DIVERGED_FORMAT, status="diverged", error=str(error), hparams=dict(run.hparams))
+    record = make_diverged_record(run.config, error, wall_time_s, hparams=dict(run.hparams))
     if run.sweep_method is not None:
         record["sweep_method"] = run.sweep_method
     write_json_atomic(run.path, record)
@@ -343,3 +348,15 @@ def seed_groups(runs: Sequence[RunSpec]) -> list[list[RunSpec]]:
 def pending(runs: Sequence[RunSpec]) -> list[RunSpec]:
     """The runs whose record does not exist yet."""
     return [r for r in runs if not r.path.exists()]
+
+
+def check_done(runs: Sequence[RunSpec]) -> None:
+    """Checks that every existing record of the sweep was made by its run's config.
+
+    Raises:
+      RecordError: for an unreadable record or one made by another config (an edited sweep
+        base or grid); the message names the file, the differing keys and what to do.
+    """
+    for r in runs:
+        if r.path.exists():
+            check_record(read_record(r.path), r.path, r.config)

@@ -2,8 +2,10 @@
 
 The experiment file defines ``get_config()`` (model, seed, ... :class:`ExperimentConfig`
 keys) and ``FED_CONFIG`` (a dict of :class:`~da_framework.federated.config.FedConfig`
-keys).  The record goes to ``<results_dir>/<experiment>/fed_<algorithm>_<server>/seed<k>.json``
-with the resolved configs, seed, versions, platform and git commit (like ``da run``'s).
+keys; an experiment without it is refused, not trained centrally).  The record goes to
+``<results_dir>/<experiment>/fed_<algorithm>_<server>/cfg-<hash>/seed<k>.json`` with the
+resolved configs, seed, versions, platform and git commit (like ``da run``'s); the hash
+covers both configs, so a record is reused only for the exact configs that made it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console()
+from da_framework.console import RunProgress, escape, make_console
+
+console = make_console()
 
 
 def _split_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -47,57 +49,86 @@ def _split_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def load_fed_experiment(experiment: str) -> tuple[Any, Any]:
-    """``(ExperimentConfig, FedConfig)`` of an experiment file (``FED_CONFIG`` may be absent)."""
-    from da_framework.config import load_experiment, load_experiment_module
+    """``(ExperimentConfig, FedConfig)`` of an experiment file.
+
+    Raises:
+      ConfigError: if the file has no ``FED_CONFIG`` (it is not a federated experiment;
+        the message lists the ones that are).
+    """
+    from da_framework.config import ConfigError, experiment_names, experiment_path, load_experiment, load_experiment_module
     from da_framework.federated.config import fed_config_from_dict
 
     config = load_experiment(experiment)
-    fed = fed_config_from_dict(dict(getattr(load_experiment_module(experiment), "FED_CONFIG", {})))
-    return config, fed
+    module = load_experiment_module(experiment)
+    if not hasattr(module, "FED_CONFIG"):
+        federated = [n for n in experiment_names() if "FED_CONFIG" in experiment_path(n).read_text()]
+        raise ConfigError(
+            f"experiment {experiment!r} has no FED_CONFIG, so it is not a federated experiment; "
+            f"federated experiments: {', '.join(federated) or 'none found'} (or use `da run {experiment}`)"
+        )
+    return config, fed_config_from_dict(dict(module.FED_CONFIG))
 
 
 def fed_result_path(results_dir: Path, config: Any, fed: Any) -> Path:
-    """``<results_dir>/<experiment>/fed_<algorithm>_<server optimizer>/seed<k>.json``."""
-    from da_framework.results import slug
+    """``<results_dir>/<experiment>/fed_<algorithm>_<server optimizer>/cfg-<hash>/seed<k>.json``."""
+    from da_framework.results import config_hash, slug
 
-    return results_dir / slug(config.name) / slug(f"fed_{fed.algorithm}_{fed.server_optimizer}") / f"seed{config.seed}.json"
+    folder = slug(f"fed_{fed.algorithm}_{fed.server_optimizer}")
+    return results_dir / slug(config.name) / folder / f"cfg-{config_hash(config, fed.to_dict())}" / f"seed{config.seed}.json"
 
 
 def fed_record(config: Any, fed_cfg: Any, result: Any) -> dict[str, Any]:
     """The result record of a federated run: ``make_record``'s fields plus the federated
     config and the clients (name, domain, labelled, size)."""
-    from da_framework.results import make_record
+    from da_framework.results import config_hash, make_record
 
     record = make_record(config, result.metrics, result.history, result.wall_time_s)
     record.update(
         format="da_framework.fed/1",
+        config_hash=config_hash(config, fed_cfg.to_dict()),
         fed_config=fed_cfg.to_dict(),
         clients=[{"name": c.name, "domain": c.domain, "labeled": c.labeled, "num_examples": c.num_examples} for c in result.clients],
     )
     return record
 
 
-def run_fed_seeds(experiment: str, seeds: list[int], results_dir: Path, rounds: int | None = None) -> list[dict[str, Any]]:
-    """Runs a federated experiment for each seed (skipping finished ones); one table row each.
+def run_fed_seeds(
+    experiment: str, seeds: list[int], results_dir: Path, rounds: int | None = None,
+    overrides: dict[str, Any] | None = None, force: bool = False,
+) -> list[dict[str, Any]]:
+    """Runs a federated experiment for each seed; one table row each.
 
-    This is what an experiment file's ``run()`` calls, so ``da run <fed experiment>`` works too.
+    A seed whose record exists for exactly these configs is reused (``force`` reruns it);
+    ``overrides`` are ``--set`` values, experiment or federated keys.  This is what an
+    experiment file's ``run()`` calls, so ``da run <fed experiment>`` works too.
     """
     from da_framework.federated.runner import run_federated
-    from da_framework.results import read_record, write_json_atomic
+    from da_framework.results import check_record, claim, read_record, write_json_atomic
 
+    exp_over, fed_over = _split_values(overrides or {})
     rows = []
     for seed in seeds:
         config, fed_cfg = load_fed_experiment(experiment)
-        config = config.replace(seed=seed)
-        fed_cfg = fed_cfg.replace(**({} if rounds is None else {"rounds": rounds}))
+        config = config.replace(**exp_over, seed=seed)
+        fed_cfg = fed_cfg.replace(**fed_over, **({} if rounds is None else {"rounds": rounds}))
         path = fed_result_path(results_dir, config, fed_cfg)
-        if path.exists():
-            record = read_record(path)
-        else:
-            record = fed_record(config, fed_cfg, run_federated(config, fed_cfg))
-            write_json_atomic(path, record)
+        with claim(path):
+            if path.exists() and not force:
+                record = read_record(path)
+                check_record(record, path, config, fed_cfg.to_dict())
+            else:
+                record = fed_record(config, fed_cfg, run_federated(config, fed_cfg))
+                write_json_atomic(path, record)
         rows.append({"experiment": config.name, "algorithm": fed_cfg.algorithm, "seed": seed, **record["metrics"]})
     return rows
+
+
+def _split_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sorts parsed overrides into (ExperimentConfig keys, FedConfig keys)."""
+    from da_framework.federated.config import fed_config_keys
+
+    fed = {k: v for k, v in values.items() if k in fed_config_keys()}
+    return {k: v for k, v in values.items() if k not in fed}, fed
 
 
 def fed(
@@ -110,16 +141,13 @@ def fed(
     force: Annotated[bool, typer.Option(help="rerun when the result file already exists")] = False,
 ) -> None:
     """Federated training (FedAvg/FedProx/FedOpt) of one experiment; progress per round, one result file."""
-    from da_framework.config import ConfigError
-    from da_framework.data.domain import DomainError
-    from da_framework.federated.partition import PartitionError, partition_table
+    from da_framework.cli import fail
+    from da_framework.errors import user_errors
+    from da_framework.federated.partition import partition_table
     from da_framework.federated.runner import make_clients, run_federated
-    from da_framework.losses.registry import LossError
-    from da_framework.models.registry import ModelError
-    from da_framework.results import write_json_atomic
-    from da_framework.train.parallel import ParallelError
+    from da_framework.results import check_record, check_writable, claim, read_record, write_json_atomic
 
-    user_errors = (ConfigError, DomainError, LossError, ModelError, ParallelError, PartitionError, ValueError, FloatingPointError)
+    errors = (*user_errors(), FloatingPointError)
     try:
         config, fed_cfg = load_fed_experiment(experiment)
         exp_over, fed_over = _split_overrides(set_ or [])
@@ -132,36 +160,35 @@ def fed(
         config, fed_cfg = config.replace(**exp_over), fed_cfg.replace(**fed_over)
         path = fed_result_path(results_dir, config, fed_cfg)
         if path.exists() and not force:
-            console.print(f"[dim]skip (done): {path} exists; pass --force to rerun[/]")
+            check_record(read_record(path), path, config, fed_cfg.to_dict())
+            console.print(f"[dim]skip (done): {escape(path)} holds this run; pass --force to rerun[/]", soft_wrap=True)
             return
+        check_writable(results_dir)
         console.print(partition_table(make_clients(config, fed_cfg), title=f"{config.name}: {fed_cfg.partition} partition"))
-    except user_errors as e:
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
+    except errors as e:
+        fail(str(e), e)
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
-    ) as progress:
-        task = progress.add_task(f"{config.name} | {fed_cfg.algorithm} | seed {config.seed}", total=fed_cfg.rounds, info="")
+    label = f"{config.name} | {fed_cfg.algorithm} | seed {config.seed}"
+    with claim(path) as mine:
+        if not mine:
+            fail(f"{path} is being run by another process right now; wait for it or use another --results-dir")
+        with RunProgress(console, 1, unit="round") as progress:
+            on_log = progress.start(label, fed_cfg.rounds)
 
-        def on_round(r: int, m: dict[str, Any]) -> None:
-            info = f"client loss {m['client_loss']:.3f}"
-            if "test_accuracy" in m:
-                info += f"  test acc {m['test_accuracy']:.3f}"
-                progress.console.print(f"round {r:4d}: {info}")
-            progress.update(task, completed=r, info=info)
+            def on_round(r: int, m: dict[str, Any]) -> None:
+                if "test_accuracy" in m:
+                    progress.print(f"round {r:4d}: client loss {m['client_loss']:.3f}  test acc {m['test_accuracy']:.3f}")
+                on_log(r, {"loss": float(m["client_loss"])})
 
-        try:
-            result = run_federated(config, fed_cfg, on_round=on_round)
-        except user_errors as e:
-            console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
-
-    write_json_atomic(path, fed_record(config, fed_cfg, result))
+            try:
+                result = run_federated(config, fed_cfg, on_round=on_round)
+            except errors as e:
+                fail(f"{label}: {e}", e)
+            progress.done(f"{escape(label)}: finished in {result.wall_time_s:.1f}s")
+        write_json_atomic(path, fed_record(config, fed_cfg, result))
     table = Table(title=f"{config.name}: global model after {fed_cfg.rounds} rounds ({result.wall_time_s:.1f}s)")
     table.add_column("metric"), table.add_column("value", justify="right")
     for k, v in result.metrics.items():
         table.add_row(k, f"{v:.4f}")
     console.print(table)
-    console.print(f"-> {path}")
+    console.print(f"-> {escape(path)}", soft_wrap=True)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -96,12 +97,18 @@ def check_domain_pair(source: Domain, target: Domain) -> None:
         )
 
 
-def _check_finite(step: int, metrics: dict[str, float], config: ExperimentConfig) -> None:
+def _check_finite(step: int, metrics: dict[str, float], config: ExperimentConfig, first_bad: int | None = None) -> None:
+    """Raises NonFiniteLossError if a logged loss is NaN/inf.
+
+    ``first_bad`` is the first step whose loss was non-finite, tracked on the device between
+    two metric fetches (the logged step can be up to ``log_every`` steps later).
+    """
     bad = {k: v for k, v in metrics.items() if k.startswith("loss") and not math.isfinite(v)}
     if bad:
         terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+        where = f"step {first_bad} (seen at the metric fetch of step {step})" if first_bad and first_bad != step else f"step {step}"
         raise NonFiniteLossError(
-            f"non-finite loss at step {step} ({terms}); lower learning_rate (now "
+            f"non-finite loss at {where} ({terms}); lower learning_rate (now "
             f"{config.learning_rate}), lower the weights of the diverging terms, or set grad_clip"
         )
 
@@ -149,16 +156,21 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
     traces = [0]
     raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype)
 
-    def counted_step(state: TrainState, s: Any, t: Any, base_key: jax.Array) -> Any:
+    def counted_step(state: TrainState, s: Any, t: Any, base_key: jax.Array, first_bad: jax.Array) -> Any:
         traces[0] += 1  # runs at trace time only: counts compilations
         # The per-step key is derived inside the compiled step (one dispatch per step).
-        return raw_step(state, s, t, jax.random.fold_in(base_key, state.step))
+        new_state, metrics = raw_step(state, s, t, jax.random.fold_in(base_key, state.step))
+        # The first step whose loss is non-finite, kept on the device: no host sync per step.
+        finite = jnp.all(jnp.stack([jnp.isfinite(v) for k, v in metrics.items() if k.startswith("loss")]))
+        first_bad = jnp.where((first_bad == 0) & ~finite, (state.step + 1).astype(jnp.int32), first_bad)
+        return new_state, metrics, first_bad
 
     step_fn = jax.jit(counted_step, donate_argnums=0)
+    first_bad = jnp.zeros((), jnp.int32)
     mesh = make_mesh(config.num_devices) if config.num_devices > 1 else None
     place = (lambda b: shard_batch(b, mesh)) if mesh is not None else jax.device_put
     if mesh is not None:
-        state, key_steps = replicate((state, key_steps), mesh)
+        state, key_steps, first_bad = replicate((state, key_steps, first_bad), mesh)
 
     # Batches reach the devices ``device_prefetch`` steps ahead (asynchronous device_put),
     # so host-to-device copies overlap the running step; nothing waits on the device
@@ -183,10 +195,11 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
 
     for i in range(start_step, config.steps):
         s_dev, t_dev = next(batches)
-        state, metrics = step_fn(state, s_dev, t_dev, key_steps)
+        state, metrics, first_bad = step_fn(state, s_dev, t_dev, key_steps, first_bad)
         if (i + 1) % config.log_every == 0 or i + 1 == config.steps:
-            logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _check_finite(i + 1, logged, config)
+            fetched, bad_step = jax.device_get((metrics, first_bad))
+            logged = {k: float(v) for k, v in fetched.items()}
+            _check_finite(i + 1, logged, config, int(bad_step))
             history.append({"step": i + 1, **logged})
             if on_log is not None:
                 on_log(i + 1, logged)
