@@ -206,3 +206,67 @@ def test_swd_is_registered_as_feature_alignment_not_lee_et_al():
     assert "Lee" not in spec.reference and "Bonneel" in spec.reference  # Lee et al. is a two-classifier method
     assert "features" in spec.description
     assert [t.loss for t in parse_method("swd").terms] == ["cross_entropy", "swd"]  # records use the preset
+
+
+# ------------------------------------------------- apply_model: dropout keys, MCD + FixMatch
+
+
+def _tiny_batches():
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.uniform(size=(6, 4, 4, 1)).astype(np.float32))
+    xt = jnp.asarray(rng.uniform(size=(6, 4, 4, 1)).astype(np.float32))
+    return xs, xt, jnp.asarray([0, 1, 2, 0, 1, 2])
+
+
+@pytest.mark.slow  # ~6 s: compiles a train step
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_apply_model_reruns_draw_independent_dropout_masks(dropout):
+    import optax
+
+    from da_framework.models.registry import make_model
+    from da_framework.train.method import parse_method
+    from da_framework.train.state import init_train_state
+    from da_framework.train.step import make_train_step
+
+    # identical views (no shift, no noise) and teacher == student at step 0: mean teacher's
+    # consistency is 0 exactly when both re-runs share one dropout mask (the bug), > 0 otherwise
+    model = make_model("mlp", 3, None, hidden=(32,), dropout=dropout)
+    method = parse_method("cross_entropy + mean_teacher(pad=0, noise_std=0.0)")
+    xs, xt, ys = _tiny_batches()
+    tx = optax.sgd(0.1)
+    state = init_train_state(jax.random.key(0), model, method, tx, xs, xt, ys)
+    step = jax.jit(make_train_step(model, method, tx, total_steps=10))
+    _, metrics = step(state, {"image": xs, "label": ys}, {"image": xt}, jax.random.key(1))
+    consistency = float(metrics["loss/mean_teacher"])
+    if dropout:
+        assert consistency > 1e-4
+    else:  # control: without dropout the two re-runs agree
+        assert consistency < 1e-12
+
+
+@pytest.mark.slow  # ~14 s: compiles MCD's three sub-steps with FixMatch's strong augmentation
+def test_mcd_with_fixmatch_trains():
+    import optax
+
+    from da_framework.methods.mcd import make_mcd_step
+    from da_framework.models.registry import make_model
+    from da_framework.train.method import parse_method
+    from da_framework.train.state import init_train_state
+    from da_framework.train.step import step_builder
+
+    model = make_model("mlp", 3, None, hidden=(8,))
+    method = parse_method("cross_entropy + mcd(num_k=1) + fixmatch(threshold=0.0, num_ops=1, pad=0)")
+    assert step_builder(method) is make_mcd_step
+    xs, xt, ys = _tiny_batches()
+    tx = optax.sgd(0.1)
+    state = init_train_state(jax.random.key(0), model, method, tx, xs, xt, ys)
+    step = jax.jit(make_mcd_step(model, method, tx, total_steps=3))  # failed: LossInputs had no apply_model
+    for i in range(3):
+        state, metrics = step(state, {"image": xs, "label": ys}, {"image": xt}, jax.random.key(i))
+    assert int(state.step) == 3
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["loss/fixmatch"]) > 0.0
+    np.testing.assert_allclose(
+        float(metrics["loss"]),
+        float(metrics["loss/cross_entropy"] + metrics["loss/mcd"] + metrics["loss/fixmatch"]),
+        rtol=1e-5,
+    )

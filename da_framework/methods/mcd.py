@@ -28,7 +28,7 @@ from da_framework.losses.registry import LossError, LossInputs, get_loss
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
 from da_framework.train.state import TrainState
-from da_framework.train.step import Metrics, TrainStep, register_step_builder
+from da_framework.train.step import Metrics, TrainStep, make_apply_model, register_step_builder
 
 TERM = "mcd"
 
@@ -140,6 +140,7 @@ def make_mcd_step(
             target_inputs=xt,
             params=params["model"],
             extras=state.extras,
+            apply_model=make_apply_model(model, state.model_state, k_model),
         )
         total, parts = method.loss(params["aux"], inputs)
         logits2_t = head2.apply({"params": params["aux"][TERM]}, (feats[n_s:], logits[n_s:]))

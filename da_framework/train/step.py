@@ -12,6 +12,7 @@ bfloat16 on float32 master weights and every loss term sees float32 logits and f
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,42 @@ def step_builder(method: Method) -> StepBuilder:
     if len(custom) > 1:
         raise ValueError(f"method {method.name!r} combines terms with different custom steps: {sorted(custom)}")
     return _STEP_BUILDERS[custom.pop()] if custom else make_train_step
+
+
+def make_apply_model(
+    model: Classifier,
+    model_state: Mapping[str, Any],
+    key: jax.Array,
+    lower: Callable[[Any], Any] = lambda tree: tree,
+    to_f32: Callable[[Any], Any] = lambda tree: tree,
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """The ``apply_model(params, x, train=True) -> (logits, features)`` of a step's :class:`LossInputs`.
+
+    Runs ``model`` with the step's normalisation state ``model_state`` (updates discarded).
+    Each call draws its own dropout key, ``fold_in(key, i)`` for the i-th call (i = 1, 2, ...)
+    while tracing the step, so two re-runs (e.g. a weak and a strong view, or a student and
+    a teacher view) get independent dropout masks, distinct from the main forward pass's
+    (which uses ``key`` itself).  The count restarts with every traced step.
+
+    Args:
+      model: the classifier.
+      model_state: its non-trainable collections at the start of the step.
+      key: the dropout key of the step's main forward pass.
+      lower: casts params and inputs to the compute dtype (identity in float32).
+      to_f32: casts the outputs back to what loss terms see (identity in float32).
+    """
+    mutable = list(model_state)
+    calls = [0]
+
+    def apply_model(p: Any, x: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
+        calls[0] += 1
+        rngs = {"dropout": jax.random.fold_in(key, calls[0])}
+        v = {"params": lower(p), **model_state}
+        if train and mutable:
+            return to_f32(model.apply(v, lower(x), train=True, rngs=rngs, mutable=mutable)[0])
+        return to_f32(model.apply(v, lower(x), train=train, rngs=rngs))
+
+    return apply_model
 
 
 def make_train_step(
@@ -105,12 +142,7 @@ def make_train_step(
         if low:  # running statistics keep their stored dtype
             new_model_state = cast_like(dict(new_model_state), state.model_state)
 
-        def apply_model(p, x, train=True):
-            v = {"params": lower(p), **state.model_state}
-            if train and mutable:
-                return to_f32(model.apply(v, lower(x), train=True, rngs={"dropout": k_model}, mutable=mutable)[0])
-            return to_f32(model.apply(v, lower(x), train=train, rngs={"dropout": k_model}))
-
+        apply_model = make_apply_model(model, state.model_state, k_model, lower, to_f32)
         inputs = LossInputs(
             source_features=feats[:n_s],
             target_features=feats[n_s:],
