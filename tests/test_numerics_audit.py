@@ -17,8 +17,12 @@ def test_voc07_recall_exactly_at_threshold_is_not_counted():
     # tolerance gave 4/11 = 0.364).
     box = np.array([[0.0, 0.0, 1.0, 1.0]])
     gts = [ImageGroundTruth(box, np.array([0]), np.array([False])) for _ in range(10)]
-    dets = [ImageDetections(box if i < 3 else np.zeros((0, 4)), np.array([0.9] if i < 3 else []),
-                            np.array([0] if i < 3 else [], int)) for i in range(10)]
+    dets = [
+        ImageDetections(
+            box if i < 3 else np.zeros((0, 4)), np.array([0.9] if i < 3 else []), np.array([0] if i < 3 else [], int)
+        )
+        for i in range(10)
+    ]
     out = evaluate_detections(dets, gts, num_classes=1, use_07_metric=True)
     assert out["ap"][0] == pytest.approx(3 / 11)
     # all-point AP is unaffected: 0.3
