@@ -111,9 +111,8 @@ def run(
     load_plugins(plugin or [])
     errors = user_errors()
     try:
-        overrides = dict(parse_override(s) for s in set_ or [])
-        if steps is not None:
-            overrides["steps"] = steps
+        set_values = dict(parse_override(s) for s in set_ or [])
+        overrides = {**set_values, **({} if steps is None else {"steps": steps})}
         configs = []
         seed_list = list(range(seeds)) if seeds else (seed or [None])
         custom = [e for e in experiments if hasattr(load_experiment_module(e), "run")]
@@ -129,7 +128,7 @@ def run(
                 raise ConfigError(f"experiment(s) {', '.join(custom)} define their own run(); run them one at a time")
             check_writable(results_dir)
             _run_custom(custom[0], results_dir, list(range(seeds)) if seeds else (seed or [0]), steps,
-                        {k: v for k, v in overrides.items() if k != "steps"}, methods, force)
+                        set_values, methods, force)
             return
         for exp in experiments:
             base = load_experiment(exp).replace(**overrides)

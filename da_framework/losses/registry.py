@@ -50,7 +50,9 @@ class LossInputs:
         start of training; ``"teacher_params"``: an EMA teacher; ...), created by the
         terms' ``init_extras`` hooks.
       apply_model: ``apply_model(params, x, train=True) -> (logits, features)`` with the
-        current normalisation state; state updates are discarded.
+        current normalisation state; state updates are discarded.  Each call in a step
+        draws its own dropout key, so two views get independent dropout masks (a call
+        inside a ``lax`` loop body is traced once and so reuses one key).
     """
 
     source_features: jax.Array
