@@ -51,8 +51,9 @@ def _max_diff(a, b):
         (0.0, "0.5*entropy", [True, False, True, False, True], None, "momentum", 1),  # federated DA
     ],
 )
-def test_vmapped_round_equals_sequential_reference(mu, adaptation, labeled, clip, server, rounds):
+def test_vmapped_round_equals_sequential_reference(mu, adaptation, labeled, clip, server, rounds, monkeypatch):
     spec, params = _setup(mu, adaptation)
+    steps = _record_reference_steps(monkeypatch)
     tx = server_optimizer(server, 0.5)
     clients, ids = _clients(), [4, 0, 9, 2, 7]
     n_max = 24  # padded beyond the largest client: extra padding must not matter
@@ -64,10 +65,65 @@ def test_vmapped_round_equals_sequential_reference(mu, adaptation, labeled, clip
     p_ref, s_ref = params, tx.init(params)
     for r in range(rounds):  # with two rounds the server optimiser state carries over
         p, s, metrics = round_fn(p, s, d, i, jax.random.fold_in(key, r))
+        steps.clear()  # keep the last round's local steps only
         p_ref, s_ref = reference_round(spec, tx, p_ref, s_ref, clients, labeled, ids, jax.random.fold_in(key, r), n_max, clip)
     assert _max_diff(p, params) > 1e-3  # it trained
     assert _max_diff(p, p_ref) < 2e-5
-    assert np.isfinite(float(metrics["client_loss"]))
+    # client_loss: each client's objective averaged over its real local steps, then weighted by
+    # its example count (float64 recomputation from the sequential reference's own steps)
+    step_losses = [_objective_f64(spec, *step) for step in steps]
+    per_client, start = [], 0
+    for n in SIZES:
+        k = spec.local_epochs * -(-n // spec.batch_size)
+        per_client.append(np.mean(step_losses[start : start + k]))
+        start += k
+    assert start == len(step_losses)
+    np.testing.assert_allclose(float(metrics["client_loss"]), np.average(per_client, weights=SIZES), rtol=1e-4)
+
+
+def _record_reference_steps(monkeypatch):
+    """Makes reference_round log the inputs of every local step it takes (in client order)."""
+    import da_framework.federated.simulation as sim
+
+    calls, original = [], sim._reference_step
+
+    def recording(spec):
+        step = original(spec)
+
+        def logged(params, opt_state, global_params, x, y, x_wrapped, labeled, key, progress):
+            calls.append((params, global_params, x, y, x_wrapped, labeled))
+            return step(params, opt_state, global_params, x, y, x_wrapped, labeled, key, progress)
+
+        return logged
+
+    monkeypatch.setattr(sim, "_reference_step", recording)
+    return calls
+
+
+def _objective_f64(spec, params, global_params, x, y, x_wrapped, labeled):
+    """One client step's objective in float64: labelled CE on the real rows + FedProx + adaptation."""
+
+    w = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+
+    def log_softmax(inputs):  # the mlp(hidden=(16,)) classifier of _setup, in NumPy
+        h = np.maximum(np.reshape(inputs, (len(inputs), -1)) @ w["backbone"]["Dense_0"]["kernel"]
+                       + w["backbone"]["Dense_0"]["bias"], 0.0)
+        h = h @ w["bottleneck"]["Dense_0"]["kernel"] + w["bottleneck"]["Dense_0"]["bias"]
+        ln = w["bottleneck"]["LayerNorm_0"]
+        h = (h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + 1e-6) * ln["scale"] + ln["bias"]
+        z = np.maximum(h, 0.0) @ w["head"]["kernel"] + w["head"]["bias"]
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    total = labeled * -np.mean(log_softmax(x)[np.arange(len(y)), y])
+    sq = sum(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+             for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(global_params)))
+    total += 0.5 * spec.mu * sq
+    if spec.adaptation is not None:  # the only adaptation used here: 0.5 * mean entropy of the wrapped batch
+        assert spec.adaptation.spec() == "0.5*entropy"
+        lp = log_softmax(x_wrapped)
+        total += 0.5 * np.mean(-np.sum(np.exp(lp) * lp, axis=1))
+    return total
 
 
 def test_unlabelled_client_labels_never_reach_training():

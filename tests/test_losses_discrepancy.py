@@ -328,3 +328,8 @@ def test_end_to_end_discrepancy_terms_train():
     logged = [h for h in r.history if "loss" in h][-1]
     for k in ("loss", "loss/coral", "loss/cmd", "loss/jan", "loss/swd", "loss/moments", "loss/mmd"):
         assert np.isfinite(logged[k]), k
+    # the logged total is the sum of the logged terms (all weights 1); the distances are >= 0
+    # (JAN and the linear-time MMD estimate can be negative)
+    terms = ("cross_entropy", "coral", "cmd", "jan", "swd", "moments", "mmd")
+    np.testing.assert_allclose(logged["loss"], sum(logged[f"loss/{k}"] for k in terms), rtol=1e-5, atol=1e-6)
+    assert all(logged[f"loss/{k}"] >= 0.0 for k in ("cross_entropy", "coral", "cmd", "swd", "moments"))

@@ -168,3 +168,9 @@ def test_end_to_end_confusion_terms_train():
     for k in ("loss", "loss/mcc", "loss/bnm", "loss/entropy", "loss/shot_im"):
         assert np.isfinite(logged[k]), k
     assert 0.0 <= logged["loss/mcc"] <= 0.9 and -1.0 <= logged["loss/bnm"] < 0.0
+    # the other terms' ranges (10 classes) and the logged total is the weighted sum of the logged terms
+    assert 0.0 <= logged["loss/entropy"] <= np.log(10) and -np.log(10) <= logged["loss/shot_im"] <= np.log(10)
+    terms = {"cross_entropy": 1.0, "mcc": 1.0, "bnm": 1.0, "entropy": 0.1, "shot_im": 1.0}
+    np.testing.assert_allclose(
+        logged["loss"], sum(w * logged[f"loss/{k}"] for k, w in terms.items()), rtol=1e-5, atol=1e-6
+    )

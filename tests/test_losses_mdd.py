@@ -53,6 +53,9 @@ def test_finite_when_adversary_certain():
     out = margin_disparity_discrepancy(jnp.array([[0.0, 1.0]]), jnp.array([[0.0, 1.0]]),
                                        jnp.array([[0.0, 1.0]]), jnp.array([[-100.0, 100.0]]))
     assert np.isfinite(float(out))
+    # p_t(1) = 1 in float32, so the target term is log(0 + eps); source: CE of [0, 1] at class 1
+    expected = 4.0 * math.log1p(math.exp(-1.0)) - math.log(1e-6)
+    assert math.isclose(float(out), expected, rel_tol=1e-5)
 
 
 def test_bad_inputs():

@@ -87,10 +87,19 @@ def test_teacher_in_state_and_step_runs(spec):
     step = jax.jit(make_train_step(model, method, tx, total_steps=10))
     new, metrics = step(state, {"image": xs, "label": ys}, {"image": xt}, jax.random.key(1))
     term = method.terms[1].loss
-    assert np.isfinite(float(metrics[f"loss/{term}"]))
+    # the step's loss is the float64 source cross-entropy of the initial student plus 1.0 * the term
+    z = np.asarray(model.apply({"params": state.params["model"]}, xs)[0], np.float64)
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    ce = -np.mean(logp[np.arange(4), np.asarray(ys)])
+    np.testing.assert_allclose(float(metrics["loss/cross_entropy"]), ce, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["loss"]), ce + float(metrics[f"loss/{term}"]), rtol=1e-5)
     if term != "mean_teacher":
         assert float(metrics["loss/fixmatch"]) > 0.0  # threshold 0: every example is pseudo-labelled
         return
+    # teacher == student at step 0, but the two views are perturbed independently, so the
+    # consistency is positive; a mean of squared softmax differences is at most 2 / k
+    assert 0.0 < float(metrics["loss/mean_teacher"]) <= 2.0 / 3.0
     p0, p1 = state.params["model"], new.params["model"]
     expected = jax.tree.map(lambda a, b: 0.99 * a + 0.01 * b, state.extras["teacher_params"], p1)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7),

@@ -41,6 +41,8 @@ def test_random_blur_under_x64_keeps_float32():
         out = random_blur(jax.random.key(1), x)
         assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
     assert not jax.config.jax_enable_x64
+    # the same key blurs the same way with x64 off (the x64 path only differs in dtypes)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(random_blur(jax.random.key(1), x)), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -75,6 +77,7 @@ def test_cmd_and_moment_distance_propagate_nan_and_keep_finite_gradient_at_zero(
     np.testing.assert_allclose(cmd(s, s), 0.0, atol=1e-7)
     g = jax.grad(lambda a: cmd(a, s))(jnp.asarray(s))
     assert bool(jnp.all(jnp.isfinite(g)))
+    np.testing.assert_allclose(np.asarray(g), 0.0, atol=1e-6)  # every moment difference is 0: a minimum
     np.testing.assert_array_equal(jax.grad(safe_norm)(jnp.zeros(3)), np.zeros(3))
     np.testing.assert_allclose(safe_norm(jnp.array([3.0, 4.0])), 5.0)
 
@@ -168,6 +171,7 @@ def test_cross_entropy_out_of_range_labels_are_nan_under_jit_and_errors_eagerly(
     # gradients of the valid examples stay finite when the loss is finite
     g = jax.grad(cross_entropy)(logits, jnp.array([0, 2]))
     assert bool(jnp.all(jnp.isfinite(g)))
+    np.testing.assert_allclose(np.asarray(g), (np.exp(logp) - np.eye(3)[[0, 2]]) / 2, rtol=1e-5, atol=1e-7)
     # concrete labels are checked eagerly
     with pytest.raises(LossError, match=r"labels must be in \[0, 3\)"):
         cross_entropy(logits, jnp.array([0, -1]))
@@ -266,8 +270,16 @@ def test_mcd_with_fixmatch_trains():
     state = init_train_state(jax.random.key(0), model, method, tx, xs, xt, ys)
     step = jax.jit(make_mcd_step(model, method, tx, total_steps=3))  # failed: LossInputs had no apply_model
     for i in range(3):
+        before = state
         state, metrics = step(state, {"image": xs, "label": ys}, {"image": xt}, jax.random.key(i))
     assert int(state.step) == 3
+    # the last step's source cross-entropy is that of its starting parameters (float64 NumPy)
+    z = np.asarray(model.apply({"params": before.params["model"]}, xs)[0], np.float64)
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    np.testing.assert_allclose(
+        float(metrics["loss/cross_entropy"]), -np.mean(logp[np.arange(6), np.asarray(ys)]), rtol=1e-5
+    )
     assert np.isfinite(float(metrics["loss"])) and float(metrics["loss/fixmatch"]) > 0.0
     np.testing.assert_allclose(
         float(metrics["loss"]),

@@ -84,6 +84,21 @@ class TinyBatchNormNet(nn.Module):
         return jnp.mean(nn.relu(x), axis=(1, 2))
 
 
+def _bn_running_stats_reference(params, model_state, x):
+    """TinyBatchNormNet's running (mean, var) after one training forward on ``x``, in float64.
+
+    The 3x3 stride-2 'SAME' conv on 16x16 pads one row/column at the bottom/right; the
+    running statistics follow Flax's rule ``0.9 * old + 0.1 * batch`` (biased variance).
+    """
+    p = params["model"]["backbone"]["Conv_0"]
+    k, b = np.asarray(p["kernel"], np.float64), np.asarray(p["bias"], np.float64)
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 1), (0, 1), (0, 0)))
+    h = sum(xp[:, i : i + 16 : 2, j : j + 16 : 2, :] @ k[i, j] for i in range(3) for j in range(3)) + b
+    s = model_state["batch_stats"]["backbone"]["BatchNorm_0"]
+    return (0.9 * np.asarray(s["mean"], np.float64) + 0.1 * h.mean((0, 1, 2)),
+            0.9 * np.asarray(s["var"], np.float64) + 0.1 * h.var((0, 1, 2)))
+
+
 @pytest.mark.parametrize(
     "model",
     [
@@ -95,9 +110,16 @@ class TinyBatchNormNet(nn.Module):
 def test_batchnorm_statistics_stay_float32_and_step_compiles_once(model):
     tx = make_optimizer(ExperimentConfig())
     state, _, bf16, sb, tb = _steps(model, "dan", tx)
+    tiny = isinstance(model.backbone, TinyBatchNormNet)
+    x = np.concatenate([sb["image"], tb["image"]])  # BatchNorm sees source and target together
     for i in range(2):
+        ref = _bn_running_stats_reference(state.params, state.model_state, x) if tiny else None
         state, m = bf16(state, sb, tb, jax.random.key(i))
         assert np.isfinite(float(m["loss"]))
+        if tiny:  # the bfloat16 forward's batch statistics agree with a float64 NumPy conv
+            got = state.model_state["batch_stats"]["backbone"]["BatchNorm_0"]
+            np.testing.assert_allclose(np.asarray(got["mean"]), ref[0], atol=1e-3)
+            np.testing.assert_allclose(np.asarray(got["var"]), ref[1], atol=2e-4)
     assert bf16._cache_size() == 1
     assert "batch_stats" in state.model_state
     for leaf in jax.tree.leaves((state.params, state.model_state, state.opt_state)):

@@ -1,6 +1,7 @@
 """The synthetic text domain pair and the two transfer experiments (smoke runs, marked slow)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,17 @@ def test_text_experiment_smoke(tmp_path, monkeypatch):
     rows = exp.run(tmp_path, [0], steps=5, dataset="synthetic")
     assert [r["variant"] for r in rows] == list(exp.VARIANTS) and all(0 <= r["mean_acc"] <= 1 for r in rows)
     assert (tmp_path / "imdb_text_transfer" / "rows.json").is_file()
+    per_seed = json.loads((tmp_path / "imdb_text_transfer" / "rows.json").read_text())
+    # 5 labels for each of the 2 classes; one seed: the mean row is that seed's row, std 0
+    assert [(r["variant"], r["labels_per_class"], r["labelled"]) for r in per_seed] == [(v, 5, 10) for v in exp.VARIANTS]
+    for mean, row in zip(rows, per_seed):
+        assert (mean["seeds"], mean["mean_acc"], mean["std_acc"]) == (1, row["target_test_accuracy"], 0.0)
+    # one source model per seed, scored once; accuracies are counts over the target test split
+    assert len({r["source_model_on_target"] for r in per_seed}) == 1
+    n_test = len(split_arrays(get_domain("text/target"), "test")[1])
+    for r in per_seed:
+        for k in ("target_test_accuracy", "source_model_on_target"):
+            assert abs(r[k] * n_test - round(r[k] * n_test)) <= 5e-5 * n_test, (k, r[k])
 
 
 @pytest.mark.slow
