@@ -40,8 +40,6 @@ def fail(message: str, error: BaseException | None = None) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-_fail = fail
-
 
 def _split_list(values: list[str] | None) -> list[str]:
     """Splits repeated/comma-separated option values, keeping commas inside brackets and quotes."""
@@ -153,7 +151,14 @@ def run_configs(configs: list[Any], paths: list[Path], force: bool = False) -> l
     batch before anything is trained.
     """
     from da_framework.errors import user_errors
-    from da_framework.results import check_record, claim, make_diverged_record, make_record, read_record, write_json_atomic
+    from da_framework.results import (
+        check_record,
+        claim,
+        make_diverged_record,
+        make_record,
+        read_record,
+        write_json_atomic,
+    )
     from da_framework.train.loop import NonFiniteLossError, train
 
     errors = user_errors()
@@ -202,14 +207,15 @@ def run_configs(configs: list[Any], paths: list[Path], force: bool = False) -> l
 
 def load_plugins(paths: list[Path]) -> None:
     """Imports user files (e.g. ones that ``@register_loss`` new losses) before a run."""
-    import importlib.util
+    from da_framework.config import ConfigError, import_python_file
 
     for path in paths:
         if not path.is_file():
-            _fail(f"plugin file {path} does not exist")
-        spec = importlib.util.spec_from_file_location(f"da_plugin_{path.stem}", path)
-        assert spec is not None and spec.loader is not None
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            fail(f"plugin file {path} does not exist")
+        try:
+            import_python_file(path, f"da_plugin_{path.stem}", kind="plugin")
+        except ConfigError as e:
+            fail(str(e), e)
 
 
 def results_table(records: list[dict]) -> Table:

@@ -230,17 +230,44 @@ def experiment_path(name_or_path: str) -> Path:
     return path
 
 
-def _error_in(path: Path, error: Exception) -> ConfigError:
-    """A one-line ConfigError for ``error`` raised by experiment file ``path``: the file, the
+def _error_in(path: Path, error: Exception, kind: str = "experiment") -> ConfigError:
+    """A one-line ConfigError for ``error`` raised by ``kind`` file ``path``: the file, the
     line of ``path`` the error came from and the error (the caller chains the original)."""
     if isinstance(error, SyntaxError) and error.filename and Path(error.filename).resolve() == path.resolve():
         line, message = error.lineno, error.msg
     else:
         frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve() == path.resolve()]
         line, message = (frames[-1].lineno if frames else None), str(error)
-    where = f"experiment file {path}" + (f", line {line}" if line else "")
+    where = f"{kind} file {path}" + (f", line {line}" if line else "")
     message = " ".join(message.split()) or "(no message)"
     return ConfigError(f"{where}: {type(error).__name__}: {message}")
+
+
+def import_python_file(path: Path, module_name: str, kind: str = "experiment") -> Any:
+    """Imports ``path`` as a module (experiment, sweep and plugin files).
+
+    Raises:
+      ConfigError: one line with the file, the line and the error if importing fails (a
+        syntax error, an exception); the original exception is chained as ``__cause__``.
+    """
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{kind} file {path} cannot be imported; it must be a Python (.py) file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise _error_in(path, e, kind) from e
+    return module
+
+
+def call_in_file(path: Path, fn: Any, kind: str = "experiment") -> Any:
+    """Calls ``fn()`` (a function defined in ``path``), turning an exception it raises into
+    the one-line ConfigError of :func:`import_python_file`."""
+    try:
+        return fn()
+    except Exception as e:
+        raise _error_in(path, e, kind) from e
 
 
 def load_experiment_module(name_or_path: str) -> Any:
@@ -252,15 +279,7 @@ def load_experiment_module(name_or_path: str) -> Any:
         original exception is chained as ``__cause__``.
     """
     path = experiment_path(name_or_path)
-    spec = importlib.util.spec_from_file_location(f"da_experiment_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"experiment file {path} cannot be imported; {_EXPERIMENT_FORM}")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        raise _error_in(path, e) from e
-    return module
+    return import_python_file(path, f"da_experiment_{path.stem}")
 
 
 def load_experiment(name_or_path: str) -> ExperimentConfig:
@@ -275,10 +294,7 @@ def load_experiment(name_or_path: str) -> ExperimentConfig:
     module = load_experiment_module(name_or_path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"experiment file {path} must define get_config() -> dict")
-    try:
-        values = module.get_config()
-    except Exception as e:
-        raise _error_in(path, e) from e
+    values = call_in_file(path, module.get_config)
     if not isinstance(values, Mapping):
         raise ConfigError(
             f"get_config() of experiment file {path} must return a dict of config keys, got "

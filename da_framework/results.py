@@ -24,9 +24,9 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping

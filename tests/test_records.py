@@ -313,3 +313,13 @@ def test_plain_progress_prints_lines_at_the_interval():
     assert lines[0] == "[1/2] start a | dann | seed 0 (10 steps)"
     assert lines[1].startswith("[1/2] a | dann | seed 0: step 5/10 loss 1.250 (elapsed 0:00:00, eta ")
     assert lines[2] == "[1/2] a: target acc 0.500" and len(lines) == 3
+
+
+def test_a_broken_sweep_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad_sweep.py"
+    bad.write_text("def get_sweep():\n    return {'name': 's',\n")
+    r = runner.invoke(app, ["bench", str(bad), "--results-dir", str(tmp_path)])
+    assert r.exit_code == 2 and f"sweep file {bad}, line" in r.output and "SyntaxError" in r.output and "Traceback" not in r.output
+    bad.write_text("def get_sweep():\n    return 1 / 0\n")
+    r = runner.invoke(app, ["bench", str(bad), "--results-dir", str(tmp_path)])
+    assert r.exit_code == 2 and f"sweep file {bad}, line 2: ZeroDivisionError" in r.output

@@ -36,7 +36,15 @@ def bench(
     Several ``da bench`` processes may work on one results folder at once: each claims a run
     before starting it, so no run is done twice.
     """
-    from da_framework.bench.sweep import check_done, expand_sweep, load_sweep, pending, run_or_record_divergence, run_seed_group, seed_groups
+    from da_framework.bench.sweep import (
+        check_done,
+        expand_sweep,
+        load_sweep,
+        pending,
+        run_or_record_divergence,
+        run_seed_group,
+        seed_groups,
+    )
     from da_framework.results import check_writable, claim
 
     errors = _user_errors()

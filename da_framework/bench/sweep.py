@@ -32,7 +32,6 @@ A record is reused only if the config that made it is the run's config (same con
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import os
 import shutil
@@ -44,7 +43,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from da_framework.config import ConfigError, ExperimentConfig, config_keys, experiments_dir, from_dict
+from da_framework.config import (
+    ConfigError,
+    ExperimentConfig,
+    call_in_file,
+    config_keys,
+    experiments_dir,
+    from_dict,
+    import_python_file,
+)
 from da_framework.results import DIVERGED_FORMAT as DIVERGED_FORMAT  # re-exported
 from da_framework.results import check_record, make_diverged_record, make_record, read_record, slug, write_json_atomic
 
@@ -96,13 +103,13 @@ def sweep_path(name_or_path: str) -> Path:
 def load_sweep(name_or_path: str) -> dict[str, Any]:
     """Imports a sweep file and returns its validated ``get_sweep()`` dict (name defaults to the file stem)."""
     path = sweep_path(name_or_path)
-    spec = importlib.util.spec_from_file_location(f"da_sweep_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_python_file(path, f"da_sweep_{path.stem}", kind="sweep")
     if not hasattr(module, "get_sweep"):
         raise ConfigError(f"sweep file {path} must define get_sweep() -> dict")
-    sweep = dict(module.get_sweep())
+    sweep = call_in_file(path, module.get_sweep, kind="sweep")
+    if not isinstance(sweep, Mapping):
+        raise ConfigError(f"get_sweep() of sweep file {path} must return a dict, got {type(sweep).__name__}")
+    sweep = dict(sweep)
     sweep.setdefault("name", path.stem)
     return validate_sweep(sweep)
 

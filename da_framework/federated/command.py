@@ -55,7 +55,13 @@ def load_fed_experiment(experiment: str) -> tuple[Any, Any]:
       ConfigError: if the file has no ``FED_CONFIG`` (it is not a federated experiment;
         the message lists the ones that are).
     """
-    from da_framework.config import ConfigError, experiment_names, experiment_path, load_experiment, load_experiment_module
+    from da_framework.config import (
+        ConfigError,
+        experiment_names,
+        experiment_path,
+        load_experiment,
+        load_experiment_module,
+    )
     from da_framework.federated.config import fed_config_from_dict
 
     config = load_experiment(experiment)
