@@ -1,7 +1,7 @@
 """MNIST -> MNIST-M digits at 32x32x3 (MNIST resized and replicated to RGB), LeNet.
 
-Data: ``mnist32rgb`` (tfds ``mnist``, prepared) and ``mnistm32`` from the local file
-layout of da_framework/data/local_digits.py (``<data_dir>/local_digits/mnist_m.npz``).
+Data: ``mnist32rgb`` (``<data_dir>/mnist/mnist.npz``, else a prepared tfds ``mnist``) and
+``mnistm32`` (``<data_dir>/mnist_m/mnist_m.npz``): the local layout of da_framework/data/local.py.
 DANN used 28x28 inputs; 32x32 here so that the pair shares ``mnist32rgb`` with SVHN.
 
 Literature: as reported in Ganin et al., "Domain-Adversarial Training of Neural

@@ -7,11 +7,11 @@ from da_framework.config import load_experiment
 from da_framework.data import domain_names, get_domain
 from da_framework.data.catalog import DatasetNotPreparedError
 from da_framework.data.domain import DomainError
-from da_framework.data.local_digits import local_path
+from da_framework.data.local import local_path
 
 
 def write(tmp_path, name, x_train, x_test):
-    path = tmp_path / "local_digits" / name
+    path = tmp_path / name / f"{name}.npz"
     path.parent.mkdir(exist_ok=True)
     y_train = np.arange(len(x_train)) % 10
     y_test = np.arange(len(x_test)) % 10
@@ -22,7 +22,7 @@ def write(tmp_path, name, x_train, x_test):
 def test_usps_from_npz(tmp_path):
     x = np.zeros((20, 16, 16), np.uint8)
     x[:, 4:12, 4:12] = 255  # a white square
-    y_train, y_test = write(tmp_path, "usps.npz", x, x[:5])
+    y_train, y_test = write(tmp_path, "usps", x, x[:5])
     d = get_domain("usps", data_dir=str(tmp_path))
     assert d.input_shape == (28, 28, 1) and d.num_classes == 10
     assert [len(d.splits[s]) for s in ("train", "val", "test")] == [18, 2, 5]
@@ -40,7 +40,7 @@ def test_usps_from_npz(tmp_path):
 def test_mnistm_from_npz(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (10, 28, 28, 3), dtype=np.uint8)
-    write(tmp_path, "mnist_m.npz", x, x[:4])
+    write(tmp_path, "mnist_m", x, x[:4])
     d = get_domain("mnistm32", data_dir=str(tmp_path))
     assert d.input_shape == (32, 32, 3)
     im = d.splits["train"][0]["image"]
@@ -50,14 +50,14 @@ def test_mnistm_from_npz(tmp_path):
 
 
 def test_missing_and_broken_files(tmp_path):
-    with pytest.raises(DatasetNotPreparedError, match="local_digits/usps.npz"):
+    with pytest.raises(DatasetNotPreparedError, match="usps/usps.npz"):
         get_domain("usps", data_dir=str(tmp_path))
-    (tmp_path / "local_digits").mkdir()
-    np.savez(tmp_path / "local_digits" / "mnist_m.npz", x_train=np.zeros((2, 28, 28, 3), np.uint8))
+    (tmp_path / "mnist_m").mkdir()
+    np.savez(tmp_path / "mnist_m" / "mnist_m.npz", x_train=np.zeros((2, 28, 28, 3), np.uint8))
     with pytest.raises(DomainError, match="lacks array"):
         get_domain("mnistm32", data_dir=str(tmp_path))
-    with pytest.raises(DomainError, match="unknown local digit"):
-        local_path("svhn")
+    with pytest.raises(DomainError, match="bad local dataset name"):
+        local_path("../svhn")
 
 
 @pytest.mark.parametrize(

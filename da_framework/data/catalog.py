@@ -11,13 +11,17 @@ gives the ``tfds build`` command that prepares it.
 ``~/tensorflow_datasets`` (see :func:`resolve_data_dir`).
 
 Splits: ``train``/``val``/``test`` are tfds ``train[:90%]``/``train[90%:]``/``test``
-(MNIST, SVHN, CIFAR-10 and IMDB have no validation split), and
+(MNIST, SVHN, CIFAR-10 and IMDB have no validation split; for MNIST 54,000/6,000/10,000,
+the sizes of the local-file path, though tfds's 90% is of its own, hash-shuffled, storage
+order, so the two paths' train/val members differ), and
 ``train``/``validation``/``test`` for VOC.  Labels are int32 everywhere.
 
 ==================  ======================================================================
-``mnist``           28x28x1 uint8 digits -> float32 in [0, 1], shape (28, 28, 1)
+``mnist``           28x28x1 uint8 digits -> float32 in [0, 1], shape (28, 28, 1); read from
+                    ``<data_dir>/mnist/mnist.npz`` when that exists (the local layout of
+                    :mod:`da_framework.data.local`), else from tfds
 ``mnist32rgb``      MNIST resized to 32x32 (bilinear), gray replicated to 3 channels: the
-                    input shape of ``svhn_cropped`` for MNIST <-> SVHN pairs
+                    input shape of ``svhn_cropped`` for MNIST <-> SVHN pairs (same sources)
 ``svhn_cropped``    32x32x3 street-view digits -> float32 in [0, 1]
 ``svhn_gray28``     SVHN to grayscale (ITU-R 601 luma), resized to 28x28x1 (bilinear): the
                     input shape of ``mnist`` for SVHN <-> MNIST pairs
@@ -224,20 +228,46 @@ def image_domain(
     )
 
 
-@register_domain("mnist", description="MNIST 28x28x1 in [0,1]", needs_download=True)
+def local_or_tfds_digits(
+    domain_name: str, dataset: str, data_dir: str | None, input_shape: tuple[int, int, int], description: str
+) -> Domain:
+    """A digit domain from ``<data_dir>/<dataset>/<dataset>.npz`` if present, else from tfds ``dataset``.
+
+    The local file (layout of :mod:`da_framework.data.local`) wins; tfds stays for users who
+    have it prepared.  Both give train/val/test = first 90% / last 10% of train / test, but
+    of different orders (the file's, e.g. MNIST's idx order; tfds's shuffled storage order).
+
+    Raises:
+      DatasetNotPreparedError: neither exists (one line with the npz path and the tfds command).
+    """
+    from da_framework.data import local  # local imports this module
+
+    if local.has_local(dataset, data_dir):
+        return local.local_image_domain(domain_name, dataset, data_dir, input_shape, description)
+    try:
+        return image_domain(domain_name, dataset, data_dir, input_shape, description)
+    except (DatasetNotPreparedError, ImportError) as e:
+        tfds_hint = str(e) if isinstance(e, DatasetNotPreparedError) else f"tensorflow_datasets is not installed ({e})"
+        raise DatasetNotPreparedError(
+            f"{dataset} is not in the data dir: expected {local.local_path(dataset, data_dir)} (layout {local.LAYOUT}), "
+            f"or a prepared tfds dataset: {tfds_hint}"
+        ) from None
+
+
+@register_domain("mnist", description="MNIST 28x28x1 in [0,1] (local npz or tfds)", needs_download=True)
 def mnist(data_dir: str | None = None) -> Domain:
     """MNIST digits, float32 (28, 28, 1) in [0, 1]."""
-    return image_domain("mnist", "mnist", data_dir, (28, 28, 1), "MNIST 28x28x1 in [0,1]")
+    return local_or_tfds_digits("mnist", "mnist", data_dir, (28, 28, 1), "MNIST 28x28x1 in [0,1]")
 
 
 @register_domain(
     "mnist32rgb",
-    description="MNIST resized to 32x32, gray -> RGB (pairs with SVHN)",
+    description="MNIST resized to 32x32, gray -> RGB (pairs with SVHN; local npz or tfds)",
     needs_download=True,
 )
 def mnist32rgb(data_dir: str | None = None) -> Domain:
     """MNIST bilinearly resized to 32x32 with gray replicated to RGB: float32 (32, 32, 3)."""
-    return image_domain("mnist32rgb", "mnist", data_dir, (32, 32, 3), "MNIST 32x32x3 in [0,1]")
+    return local_or_tfds_digits("mnist32rgb", "mnist", data_dir, (32, 32, 3), "MNIST 32x32x3 in [0,1]")
 
 
 @register_domain("svhn_cropped", description="SVHN cropped digits 32x32x3 in [0,1]", needs_download=True)
