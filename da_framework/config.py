@@ -45,7 +45,10 @@ class ExperimentConfig:
       batch_size: examples per domain per step (source and target each).
       optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9, nesterov).
       learning_rate: peak learning rate.
-      lr_schedule: ``"constant"``, ``"cosine"`` or ``"inv"`` (DANN's lr/(1+10p)^0.75).
+      lr_schedule: ``"constant"``, ``"cosine"``, ``"inv"`` (DANN's lr/(1+10p)^0.75, p = step/steps)
+        or ``"inv:<gamma>"``, lr/(1+gamma*step)^0.75 per step, independent of ``steps``
+        (Transfer-Learning-Library's ``LambdaLR``; its digits scripts use gamma 0.001 for
+        DANN/CDAN/MCC, 0.0003 for ERM/DAN/JAN, 0.0002 for MDD).
       weight_decay: decoupled weight decay (adamw/sgd).
       grad_clip: global-norm gradient clipping, or None.
       seed: seed of initialisation, data order and every random op.
@@ -115,8 +118,10 @@ class ExperimentConfig:
                 raise ConfigError(f"config key {key!r} has invalid value {getattr(self, key)!r}; it must be {bound}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: adam, adamw, sgd")
-        if self.lr_schedule not in ("constant", "cosine", "inv"):
-            raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, inv")
+        if self.lr_schedule not in ("constant", "cosine", "inv") and inv_gamma(self.lr_schedule) is None:
+            raise ConfigError(
+                f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, inv, inv:<gamma> (gamma > 0, e.g. inv:0.001)"
+            )
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"unknown compute_dtype {self.compute_dtype!r}; valid: float32, bfloat16")
         if self.checkpoint_every and not self.checkpoint_dir:
@@ -129,6 +134,18 @@ class ExperimentConfig:
     def replace(self, **overrides: Any) -> ExperimentConfig:
         """Returns a copy with ``overrides`` applied (unknown keys raise ConfigError)."""
         return from_dict({**self.to_dict(), **overrides})
+
+
+def inv_gamma(lr_schedule: str) -> float | None:
+    """The gamma of an ``"inv:<gamma>"`` schedule (a finite number > 0), else None."""
+    name, _, value = lr_schedule.partition(":")
+    if name != "inv" or not value:
+        return None
+    try:
+        gamma = float(value)
+    except ValueError:
+        return None
+    return gamma if math.isfinite(gamma) and gamma > 0 else None
 
 
 _KINDS = {"int": "an int", "float": "a finite number", "str": "a string", "Mapping[str, Any]": "a dict"}

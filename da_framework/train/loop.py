@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from da_framework.config import ExperimentConfig
+from da_framework.config import ExperimentConfig, inv_gamma
 from da_framework.data.domain import Domain, DomainError, batch_iterator
 from da_framework.data.prefetch import prefetch_to_device
 from da_framework.data.registry import get_domain
@@ -72,6 +72,8 @@ def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
         lr = optax.cosine_decay_schedule(config.learning_rate, config.steps)
     elif config.lr_schedule == "inv":  # DANN: lr / (1 + 10 p)^0.75
         lr = lambda count: config.learning_rate * (1.0 + 10.0 * count / config.steps) ** -0.75  # noqa: E731
+    elif (gamma := inv_gamma(config.lr_schedule)) is not None:  # tllib: lr / (1 + gamma * step)^0.75
+        lr = lambda count: config.learning_rate * (1.0 + gamma * count) ** -0.75  # noqa: E731
     if config.optimizer == "sgd":
         opt = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(lr, 0.9, nesterov=True))
     elif config.optimizer == "adamw":
