@@ -1,12 +1,18 @@
 """The optimiser side of the tllib digits protocol: inv:<gamma> schedule, SGD as tllib's torch SGD."""
 
+import dataclasses
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from da_framework.config import ConfigError, ExperimentConfig
+from da_framework.bench.sweep import expand_sweep, load_sweep, run_one
+from da_framework.config import ConfigError, ExperimentConfig, load_experiment
 from da_framework.train.loop import make_optimizer
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_inv_gamma_schedule_is_per_step_and_independent_of_steps():
@@ -46,3 +52,45 @@ def test_sgd_matches_torch_sgd_nesterov_with_coupled_weight_decay():
 def test_bad_inv_schedule_is_a_config_error(bad):
     with pytest.raises(ConfigError, match="inv:<gamma>"):
         ExperimentConfig(lr_schedule=bad)
+
+
+EXPERIMENTS = {
+    "mnist_usps_tllib": ("mnist", "usps", 0.01, 50_000, 128),
+    "usps_mnist_tllib": ("usps", "mnist", 0.1, 50_000, 128),
+    "mnist_usps_short": ("mnist", "usps", 0.01, 5_000, 64),
+    "usps_mnist_short": ("usps", "mnist", 0.1, 5_000, 64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_tllib_digits_experiments(name):
+    c = load_experiment(name)
+    assert (c.source, c.target, c.learning_rate, c.steps, c.batch_size) == EXPERIMENTS[name]
+    assert (c.model, dict(c.model_kwargs), c.bottleneck_dim) == (
+        "lenet_tllib",
+        {"input_mean": 0.5, "input_std": 0.5},
+        256,
+    )
+    assert (c.optimizer, c.lr_schedule, c.weight_decay) == ("sgd", "inv:0.001", 1e-3)
+
+
+def test_digits_real_short_sweep_expands_on_the_short_protocol(tmp_path):
+    runs = expand_sweep(load_sweep("digits_real_short"), tmp_path)
+    assert len(runs) == 7 * 2 * 3
+    assert {r.sweep_method for r in runs} == {"source_only", "dann", "dan", "jan", "cdan", "mcc", "mdd"}
+    short = load_experiment("mnist_usps_short")
+    keys = [k for k in short.to_dict() if k not in ("name", "method", "seed", "checkpoint_every", "checkpoint_dir")]
+    first = next(r for r in runs if (r.config.source, r.config.target) == ("mnist", "usps"))
+    assert {k: first.config.to_dict()[k] for k in keys} == {k: short.to_dict()[k] for k in keys}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "mnist" / "mnist.npz").is_file(), reason="no ../shared/data here")
+def test_one_run_of_digits_real_short_end_to_end(tmp_path):
+    runs = expand_sweep(load_sweep("digits_real_short"), tmp_path)
+    run = next(r for r in runs if r.sweep_method == "dann" and r.config.source == "mnist" and r.config.seed == 0)
+    config = run.config.replace(steps=3, eval_every=0, checkpoint_every=0, checkpoint_dir=None, data_dir=str(SHARED))
+    record = run_one(dataclasses.replace(run, config=config))
+    assert run.path.is_file() and record["config"]["steps"] == 3
+    assert record["config"]["model"] == "lenet_tllib" and record["config"]["source"] == "mnist"
+    assert 0.0 <= record["metrics"]["target_test_accuracy"] <= 1.0 and "selection" in record
