@@ -49,7 +49,8 @@ class ExperimentConfig:
         or ``"inv:<gamma>"``, lr/(1+gamma*step)^0.75 per step, independent of ``steps``
         (Transfer-Learning-Library's ``LambdaLR``; its digits scripts use gamma 0.001 for
         DANN/CDAN/MCC, 0.0003 for ERM/DAN/JAN, 0.0002 for MDD).
-      weight_decay: decoupled weight decay (adamw/sgd).
+      weight_decay: weight decay: for sgd added to the gradient before momentum (L2, as
+        torch.optim.SGD does); for adamw decoupled (Loshchilov & Hutter); unused by adam.
       grad_clip: global-norm gradient clipping, or None.
       seed: seed of initialisation, data order and every random op.
       eval_every: evaluate every this many steps (0: only at the end).
