@@ -119,6 +119,11 @@ class ExperimentConfig:
                 raise ConfigError(f"config key {key!r} has invalid value {getattr(self, key)!r}; it must be {bound}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: adam, adamw, sgd")
+        if self.optimizer == "adam" and self.weight_decay:
+            raise ConfigError(
+                f"optimizer 'adam' has no weight decay, so weight_decay={self.weight_decay!r} would be ignored; "
+                "use optimizer='adamw' (decoupled) or 'sgd' (L2), or set weight_decay=0"
+            )
         if self.lr_schedule not in ("constant", "cosine", "inv") and inv_gamma(self.lr_schedule) is None:
             raise ConfigError(
                 f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, inv, inv:<gamma> (gamma > 0, e.g. inv:0.001)"

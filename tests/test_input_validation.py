@@ -165,3 +165,13 @@ def test_import_error_keeps_the_original_as_cause(tmp_path):
 def test_yaml_experiment_says_experiments_are_python_files(tmp_path):
     with pytest.raises(ConfigError, match="exp.yaml is not a Python file; experiments are Python files .*get_config"):
         load_experiment(_experiment(tmp_path, "steps: 5\n", name="exp.yaml"))
+
+
+def test_weight_decay_with_plain_adam_is_refused_not_ignored():
+    """optax.adam has no weight decay: a nonzero weight_decay would silently do nothing."""
+    from da_framework.config import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match="weight_decay=0.001 would be ignored.*adamw"):
+        ExperimentConfig(optimizer="adam", weight_decay=1e-3)
+    assert ExperimentConfig(optimizer="adamw", weight_decay=1e-3).weight_decay == 1e-3
+    assert ExperimentConfig(optimizer="adam").weight_decay == 0.0
