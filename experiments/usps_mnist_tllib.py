@@ -1,57 +1,13 @@
-"""USPS -> MNIST, Transfer-Learning-Library's digits protocol (full length).
+"""USPS -> MNIST, Transfer-Learning-Library's digits protocol (full length: 50,000 steps of batch 128).
 
-Protocol and where each choice comes from (tllib = thuml/Transfer-Learning-Library, examples/domain_adaptation/image_classification/;
-the ``# Digits`` lines of ``erm.sh``, ``dann.sh``, ``dan.sh`` and the argparse defaults of
-``dann.py``/``cdan.py``/``mcc.py``, as stored at commits 09d0eb81 (``*.sh``) and 72d4799e (``*.py``)):
-
-- data: source ``usps``, target ``mnist``; 28x28 gray, USPS resized 16 -> 28 (scripts: ``--resize-size 28
-  --train-resizing 'res.'``), no augmentation (``--no-hflip``), evaluated on the target
-  test split (2,007 USPS / 10,000 MNIST images);
-- input normalisation ``(x - 0.5) / 0.5`` (``--norm-mean 0.5 --norm-std 0.5``): the
-  ``input_mean``/``input_std`` model kwargs;
-- backbone ``lenet_tllib`` (``-a lenet --no-pool --scratch``; ``tllib/vision/models/digits.py``),
-  then a 256-d bottleneck (``ImageClassifier``'s ``--bottleneck-dim 256`` default of
-  dann.py/cdan.py/mcc.py/dan.py) and a linear head;
-- batch 128 per domain (``-b 128``);
-- optimiser ``sgd``: momentum 0.9, Nesterov, weight decay 1e-3 added to the gradient
-  (dann.py, erm.py, mdd.py: ``SGD(..., momentum=0.9, weight_decay=wd, nesterov=True)``; wd 1e-3 is the
-  default of dann.py/cdan.py/mcc.py);
-- learning rate 0.1 (``--lr 0.1`` on USPS -> MNIST in erm.sh, dann.sh, dan.sh; issue 15 says mdd.sh uses 0.01, not checked here); schedule ``inv:0.001`` = lr * (1 + 0.001 * step)^-0.75 per step (``LambdaLR``
-  with ``--lr-gamma 0.001``, the dann.py/cdan.py/mcc.py default; not the DANN paper's
-  (1 + 10 p)^-0.75);
-- 50,000 steps (``-i 2500`` iterations x the default ``--epochs 20``);
-- evaluation every 2,500 steps (tllib validates after every epoch).
-
-Known differences from tllib, not closed here (each can move the numbers):
-
-- the bottleneck is Dense -> LayerNorm -> ReLU (tllib: Linear -> BatchNorm1d -> ReLU); tllib's
-  ERM has no bottleneck and MDD a 1024-d one with 1024-wide heads;
-- per-method settings: erm.py/dan.py use wd 5e-4 and lr-gamma 0.0003, mdd.py wd 5e-4,
-  lr-gamma 0.0002 (jan.py, mdd.sh not checked); this file has DANN's;
-- source/target train sets: the first 90% of each train file (54,000 MNIST / 6,562 USPS;
-  the last 10% is the val split); tllib trains on all 60,000 / 7,291;
-- initialisation: flax LeCun-normal weights and zero biases (PyTorch: uniform +-1/sqrt(fan_in));
-- model selection: tllib reports the best epoch on the target test set (an oracle); ``da run``
-  reports the last step.
-
-Accuracy: not measured yet.
+Every protocol choice, its tllib source and the known differences are in the docstring of
+``da_framework/bench/protocols.py``.  Accuracy: not measured yet.
 Data: ``DA_DATA_DIR=../shared/data`` (layout ``<data_dir>/<dataset>/<dataset>.npz``, docs/real_digits.md).
 """
 
+from da_framework.bench.protocols import tllib_digits
+
 
 def get_config() -> dict:
-    """USPS -> MNIST as tllib's digits scripts run it (see the module docstring)."""
-    return {
-        "source": "usps",
-        "target": "mnist",
-        "model": "lenet_tllib",
-        "model_kwargs": {"input_mean": 0.5, "input_std": 0.5},
-        "bottleneck_dim": 256,
-        "batch_size": 128,
-        "optimizer": "sgd",
-        "learning_rate": 0.1,
-        "lr_schedule": "inv:0.001",
-        "weight_decay": 1e-3,
-        "steps": 50000,
-        "eval_every": 2500,
-    }
+    """USPS -> MNIST on tllib's digits protocol."""
+    return tllib_digits("usps", "mnist", short=False)

@@ -3,8 +3,8 @@
 Run:    DA_DATA_DIR=../shared/data da bench digits_real_short --results-dir benchmarks/results
 Report: da report benchmarks/results/digits_real_short
 
-The base is experiments/mnist_usps_short.py (its docstring lists every protocol choice, its
-tllib source and the known differences): ``lenet_tllib`` with (x - 0.5) / 0.5 inputs, a 256-d
+The base is the short protocol of da_framework/bench/protocols.py (its docstring lists every
+protocol choice, its tllib source and the known differences): ``lenet_tllib`` with (x - 0.5) / 0.5 inputs, a 256-d
 bottleneck, 5,000 steps of batch 64 per domain, SGD (momentum 0.9, Nesterov) with weight
 decay 1e-3, lr 0.01 with ``inv:0.001``.  One base serves both pairs, so USPS -> MNIST runs
 at lr 0.01 here where tllib's scripts use 0.1 (experiments/usps_mnist_short.py has 0.1);
@@ -13,23 +13,14 @@ per-method tllib settings (ERM/DAN/MDD weight decay and lr-gamma) are not applie
 Not run yet: no accuracy has been measured on this sweep.
 """
 
+from da_framework.bench.protocols import tllib_digits
+
 
 def get_sweep() -> dict:
     """source_only, dann, dan, jan, cdan, mcc, mdd x (mnist -> usps, usps -> mnist) x seeds 0, 1, 2."""
     return {
         "name": "digits_real_short",
-        "base": {
-            "model": "lenet_tllib",
-            "model_kwargs": {"input_mean": 0.5, "input_std": 0.5},
-            "bottleneck_dim": 256,
-            "batch_size": 64,
-            "optimizer": "sgd",
-            "learning_rate": 0.01,
-            "lr_schedule": "inv:0.001",
-            "weight_decay": 1e-3,
-            "steps": 5000,
-            "eval_every": 500,
-        },
+        "base": {k: v for k, v in tllib_digits("mnist", "usps", short=True).items() if k not in ("source", "target")},
         "methods": ["source_only", "dann", "dan", "jan", "cdan", "mcc", "mdd"],
         "pairs": [("mnist", "usps"), ("usps", "mnist")],
         "seeds": [0, 1, 2],
