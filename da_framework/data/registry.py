@@ -71,5 +71,5 @@ def get_domain(name: str, data_dir: str | None = None) -> Domain:
 
 def _load_builtin_domains() -> None:
     # Importing the modules runs their @register_domain decorators (once).
-    from da_framework.data import catalog, digits, local, text_synthetic  # noqa: F401
+    from da_framework.data import amazon_reviews, catalog, digits, local, text_synthetic  # noqa: F401
     from da_framework.detection import synthetic  # noqa: F401
