@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import collections
 import html
+import itertools
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -71,7 +72,7 @@ def tokenize(text: str) -> list[str]:
 
 def ngram_features(tokens: Sequence[str]) -> list[str]:
     """The unigrams of ``tokens`` followed by their adjacent bigrams ``"a_b"``."""
-    return [*tokens, *(f"{a}_{b}" for a, b in zip(tokens, tokens[1:]))]
+    return [*tokens, *(f"{a}_{b}" for a, b in itertools.pairwise(tokens))]
 
 
 def fit_vocabulary(texts: Iterable[str], size: int = VOCAB_SIZE) -> dict[str, int]:
