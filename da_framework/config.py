@@ -35,12 +35,16 @@ class ExperimentConfig:
 
     Attributes:
       name: experiment name (used for result paths).
-      source: source domain name (``da list``).
-      target: target domain name.
+      source: source domain name (``da list``), or several labelled source domains joined
+        by commas (``"usps,mnistm32"``; a Python config may also give a list or tuple,
+        stored comma-joined): each step then takes ``batch_size`` examples from each.
+      target: target domain name, or several unlabelled target domains joined by commas.
       model: backbone name (``da list``).
       model_kwargs: keyword arguments of the backbone.
       bottleneck_dim: width of the bottleneck layer, or None for none.
-      method: method spec or preset (``"dann"``, ``"cross_entropy + 0.5*mmd"``).
+      method: method spec or preset (``"dann"``, ``"cross_entropy + 0.5*mmd"``), or a
+        :class:`~da_framework.train.method.Method` value, stored as its exact spelling
+        (``Method.spec()``, which parses back to the same terms).
       steps: optimisation steps.
       batch_size: examples per domain per step (source and target each).
       optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9, nesterov).
@@ -97,6 +101,14 @@ class ExperimentConfig:
     data_threads: int = 4
 
     def __post_init__(self) -> None:
+        from da_framework.train.method import Method  # lazy: train imports this module
+
+        if isinstance(self.method, Method):
+            object.__setattr__(self, "method", self.method.spec())
+        for key in ("source", "target"):
+            names = getattr(self, key)
+            if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+                object.__setattr__(self, key, ",".join(names))
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, _check_type(field.name, str(field.type), getattr(self, field.name)))
         checks = {
@@ -130,8 +142,25 @@ class ExperimentConfig:
             )
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"unknown compute_dtype {self.compute_dtype!r}; valid: float32, bfloat16")
+        for key in ("source", "target"):
+            names = [n.strip() for n in getattr(self, key).split(",")]
+            if not all(names) or len(set(names)) != len(names):
+                raise ConfigError(
+                    f"config key {key!r} = {getattr(self, key)!r} must be a domain name or distinct names joined "
+                    "by commas, e.g. 'usps,mnistm32' (see `da list`)"
+                )
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ConfigError("checkpoint_every > 0 needs checkpoint_dir (a folder for this run's checkpoints)")
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The labelled source domains, in order (one for a two-domain run)."""
+        return tuple(n.strip() for n in self.source.split(","))
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """The unlabelled target domains, in order."""
+        return tuple(n.strip() for n in self.target.split(","))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""

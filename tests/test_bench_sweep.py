@@ -67,7 +67,7 @@ def test_loss_hyperparameter_grid_sets_the_term_hparams(tmp_path):
 @pytest.mark.parametrize(("bad", "message"), [
     ({"methodz": []}, "unknown sweep key"), ({"seeds": []}, "non-empty 'seeds'"),
     ({"base": {"stepz": 1}}, "unknown config key 'stepz'"), ({"grid": {"seed": [1]}}, "must not set seed"),
-    ({"grid": {"weight:coral": [1.0]}}, "no method of the sweep has a 'coral' term; losses in its methods: cross_entropy, dann"),
+    ({"grid": {"weight:coral": [1.0]}}, "no method of the sweep has a term keyed 'coral'; term keys in its methods: cross_entropy, dann"),
     ({"grid": {"weight:dann": ["big"]}}, "must list numbers"),
     ({"grid": {"dann.margin": [1.0]}}, "loss 'dann' has no hyper-parameter 'margin'; valid: gamma, max_coeff"),
 ])

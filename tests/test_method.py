@@ -53,7 +53,7 @@ def test_weighted_sum_matches_hand_computation():
         ("cross_entropy + 2*", "cannot parse method term"),
         ("cross_entropy + mmd@sometimes", "unknown schedule"),
         ("cross_entropy + mmd(bandwidth=3)", "has no hyper-parameter 'bandwidth'"),
-        ("mmd + mmd", "uses a loss twice"),
+        ("mmd + mmd", "two terms keyed .mmd.; a loss used twice needs a key"),
     ],
 )
 def test_bad_specs_give_clear_errors(spec, match):

@@ -10,9 +10,10 @@ A sweep file (``experiments/sweeps/<name>.py`` or any path) defines ``get_sweep(
             "pairs": [("digits/source", "digits/rotate"), ...],
             "seeds": [0, 1, 2],
             "grid": {"learning_rate": [1e-3, 3e-4]},            # optional; cartesian product
-            # loss weights and loss hyper-parameters are grid keys too: "weight:<loss>" sets
-            # that term's weight, "<loss>.<name>" its hyper-parameter, in every method that
-            # has the loss (methods without it run once per remaining grid point)
+            # loss weights and loss hyper-parameters are grid keys too: "weight:<key>" sets
+            # the weight of the term keyed <key> (its loss name, or its "as <key>"),
+            # "<key>.<name>" its hyper-parameter, in every method that has such a term
+            # (methods without it run once per remaining grid point)
             "checkpoint_every": 100,                             # optional; in-run resume
         }
 
@@ -56,11 +57,14 @@ from da_framework.results import DIVERGED_FORMAT as DIVERGED_FORMAT  # re-export
 from da_framework.results import check_record, make_diverged_record, make_record, read_record, slug, write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "methods", "pairs", "seeds", "grid", "checkpoint_every")
-WEIGHT_PREFIX = "weight:"  # grid key "weight:<loss>": the weight of that loss term
+WEIGHT_PREFIX = "weight:"  # grid key "weight:<key>": the weight of the term keyed <key> (by default its loss name)
 
 
 def _method_key(key: str) -> tuple[str, str] | None:
-    """``("weight", loss)`` for ``weight:<loss>``, ``(name, loss)`` for ``<loss>.<name>``, else None."""
+    """``("weight", key)`` for ``weight:<key>``, ``(name, key)`` for ``<key>.<name>``, else None.
+
+    ``key`` is a term's key: its loss name, or the ``as <key>`` of a loss used twice.
+    """
     if key.startswith(WEIGHT_PREFIX):
         return "weight", key[len(WEIGHT_PREFIX):]
     if "." in key:
@@ -139,19 +143,20 @@ def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_method_key(key: str, values: Sequence[Any], methods: Sequence[str]) -> None:
-    """A ``weight:<loss>`` or ``<loss>.<name>`` grid key must name a loss of at least one method
-    (and, for ``<loss>.<name>``, one of its hyper-parameters); weights must be numbers."""
+    """A ``weight:<key>`` or ``<key>.<name>`` grid key must name a term of at least one method
+    (and, for ``<key>.<name>``, one of its loss's hyper-parameters); weights must be numbers."""
     from da_framework.losses.registry import get_loss
     from da_framework.train.method import parse_method
 
-    name, loss = _method_key(key)  # type: ignore[misc]
-    having = [m for m in methods if loss in {t.loss for t in parse_method(m).terms}]
+    name, term_key = _method_key(key)  # type: ignore[misc]
+    having = [t.loss for m in methods for t in parse_method(m).terms if t.key == term_key]
     if not having:
-        losses = sorted({t.loss for m in methods for t in parse_method(m).terms})
+        keys = sorted({t.key for m in methods for t in parse_method(m).terms})
         raise ConfigError(
-            f"sweep grid key {key!r}: no method of the sweep has a {loss!r} term; "
-            f"losses in its methods: {', '.join(losses)}"
+            f"sweep grid key {key!r}: no method of the sweep has a term keyed {term_key!r}; "
+            f"term keys in its methods: {', '.join(keys)}"
         )
+    loss = having[0]
     if name == "weight":
         bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
         if bad:
@@ -165,7 +170,7 @@ def method_at(method: str, hparams: Mapping[str, Any]) -> tuple[str, dict[str, A
     """``method`` with the loss weights and loss hyper-parameters of a grid point applied.
 
     Returns the resolved method spec and the grid values that apply to this method: the
-    ``weight:<loss>`` and ``<loss>.<name>`` keys of losses the method does not have are
+    ``weight:<key>`` and ``<key>.<name>`` keys of terms the method does not have are
     dropped (so a baseline such as ``source_only`` runs once per remaining grid point).
     """
     from da_framework.train.method import parse_method
@@ -174,13 +179,13 @@ def method_at(method: str, hparams: Mapping[str, Any]) -> tuple[str, dict[str, A
     if not any(keyed.values()):
         return method, dict(hparams)
     parsed = parse_method(method)
-    own = {t.loss for t in parsed.terms}
+    own = {t.key for t in parsed.terms}
     applied = {k: v for k, v in hparams.items() if keyed[k] is None or keyed[k][1] in own}
     if all(keyed[k] is None for k in applied):  # none of the loss keys is this method's
         return method, applied
     terms = []
     for t in parsed.terms:
-        mine = {keyed[k][0]: v for k, v in applied.items() if keyed[k] is not None and keyed[k][1] == t.loss}
+        mine = {keyed[k][0]: v for k, v in applied.items() if keyed[k] is not None and keyed[k][1] == t.key}
         weight = float(mine.pop("weight", t.weight))
         terms.append(dataclasses.replace(t, weight=weight, hparams=tuple({**dict(t.hparams), **mine}.items())))
     return dataclasses.replace(parsed, terms=tuple(terms)).spec(), applied

@@ -133,6 +133,10 @@ def _linear_mk_mmd(
     description="Gaussian multi-kernel MMD^2 between source and target features (DAN)",
     reference="Long et al., 'Learning Transferable Features with Deep Adaptation Networks', ICML 2015",
 )
-def mmd_term(inputs: LossInputs, estimator: str = "biased") -> jax.Array:
-    """MK-MMD between the step's source and target features."""
-    return mk_mmd(inputs.source_features, inputs.target_features, estimator=estimator)
+def mmd_term(inputs: LossInputs, estimator: str = "biased", alphas: tuple[float, ...] = DEFAULT_ALPHAS) -> jax.Array:
+    """MK-MMD between the step's source and target features (``alphas``: the kernels' bandwidth
+    multipliers, a tuple: ``mmd(alphas=(0.5, 1.0, 2.0))``)."""
+    alphas = tuple(alphas) if isinstance(alphas, (tuple, list)) else alphas
+    if not alphas or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in alphas):
+        raise LossError(f"mmd: alphas must be a non-empty tuple of numbers > 0, e.g. (0.5, 1.0, 2.0); got {alphas!r}")
+    return mk_mmd(inputs.source_features, inputs.target_features, alphas=alphas, estimator=estimator)

@@ -9,6 +9,16 @@ Peng, Bai, Xia, Huang, Saenko & Wang, "Moment Matching for Multi-Source Domain A
 and any further ``reduce_axes`` (e.g. the spatial axes of a (n, h, w, c) feature map, to
 match per-channel moments), and the norm runs over what is left.  Use it on any layer you
 can reach in a custom term; the registered ``moments`` term matches the adaptation features.
+
+With N labelled source domains, M3SDA's moment distance (eq. 1, Peng et al.) also aligns the
+sources with each other:
+
+    MD^2 = sum_{k=1}^{K} [ (1/N) sum_i ||E(X_i^k) - E(X_T^k)||_2
+                           + C(N, 2)^{-1} sum_{i<j} ||E(X_i^k) - E(X_j^k)||_2 ],
+
+:func:`multi_source_moment_distance`, registered as ``m3sda`` (the moment-matching part of
+M3SDA only: not its per-source classifiers nor their weighted vote).  With one source it equals
+``moments``; several unlabelled targets are pooled into one.
 """
 
 from __future__ import annotations
@@ -74,3 +84,37 @@ def moment_distance(source: jax.Array, target: jax.Array, order: int = 2, reduce
 def moments_term(inputs: LossInputs, order: int = 2) -> jax.Array:
     """Moment distance of orders 1..order between the step's source and target features."""
     return moment_distance(inputs.source_features, inputs.target_features, order)
+
+
+def multi_source_moment_distance(
+    sources: Sequence[jax.Array], target: jax.Array, order: int = 2, reduce_axes: Sequence[int] = ()
+) -> jax.Array:
+    """M3SDA's moment distance of N source batches and a target batch (Peng et al., ICCV 2019, eq. 1).
+
+    Args:
+      sources: N >= 1 arrays (n_i, ...) of the same trailing shape, one per source domain.
+      target: (m, ...) target activations.
+      order: K, the highest moment matched.
+      reduce_axes: as in :func:`moment_distance`.
+
+    Returns:
+      the mean over sources of their distance to the target plus the mean over source
+      pairs of their distance to each other (no pair term for N = 1).
+    """
+    if not sources:
+        raise LossError("multi_source_moment_distance: needs at least one source batch")
+    to_target = sum(moment_distance(s, target, order, reduce_axes) for s in sources) / len(sources)
+    pairs = [(a, b) for i, a in enumerate(sources) for b in sources[i + 1:]]
+    if not pairs:
+        return to_target
+    return to_target + sum(moment_distance(a, b, order, reduce_axes) for a, b in pairs) / len(pairs)
+
+
+@register_loss(
+    "m3sda",
+    description="M3SDA moment matching: every source to the target and every source pair to each other",
+    reference="Peng et al., 'Moment Matching for Multi-Source Domain Adaptation', ICCV 2019 (eq. 1)",
+)
+def m3sda_term(inputs: LossInputs, order: int = 2) -> jax.Array:
+    """Multi-source moment distance of the step's source domains and its (pooled) target features."""
+    return multi_source_moment_distance([v.features for v in inputs.sources()], inputs.target_features, order)

@@ -11,6 +11,17 @@ A *loss* is a pure function of arrays (e.g. :func:`da_framework.losses.mmd.mk_mm
 Keyword arguments of the term function (after ``inputs``) are its hyper-parameters; a
 method spec sets them (``"cross_entropy + 0.5*coral"``; see :mod:`da_framework.train.method`).
 
+A step may hold more than two domains (several labelled sources, several unlabelled
+targets, as in multi-source adaptation and domain generalisation): ``inputs.source_*`` and
+``inputs.target_*`` are then the concatenations of all labelled and of all unlabelled
+domains (so two-domain terms pool them), and :meth:`LossInputs.sources` /
+:meth:`LossInputs.targets` give one :class:`DomainView` per domain::
+
+    @register_loss("pairwise_coral", description="...", reference="...")
+    def pairwise_coral(inputs: LossInputs) -> jax.Array:
+        views = inputs.sources()
+        return sum(coral(a.features, b.features) for a, b in itertools.combinations(views, 2))
+
 A term that needs its own trainable network (a domain discriminator) names a Flax module
 factory in ``aux_module``; the trainer creates and optimises its parameters and passes the
 bound ``apply`` function in ``inputs.aux``.
@@ -27,6 +38,28 @@ import flax.linen as nn
 import jax
 
 from da_framework.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainView:
+    """One domain's part of a training step.
+
+    Attributes:
+      domain_id: the domain's index in the step: labelled sources 0..K-1 in config order,
+        then unlabelled targets K..K+M-1.
+      labelled: True for a source (its labels are given), False for a target.
+      features: (n, d) adaptation features of this domain's examples.
+      logits: (n, k) classifier logits.
+      labels: (n,) integer labels of a source domain; None for a target.
+      inputs: the raw model inputs, or None where the step does not pass them.
+    """
+
+    domain_id: int
+    labelled: bool
+    features: jax.Array
+    logits: jax.Array
+    labels: jax.Array | None = None
+    inputs: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +86,10 @@ class LossInputs:
         current normalisation state; state updates are discarded.  Each call in a step
         draws its own dropout key, so two views get independent dropout masks (a call
         inside a ``lax`` loop body is traced once and so reuses one key).
+      domains: one :class:`DomainView` per domain of the step when it has more than one
+        source or target (the ``source_*``/``target_*`` fields are then their
+        concatenations, in domain order); empty for a two-domain step.  Read it through
+        :meth:`sources` and :meth:`targets`, which also work for two-domain steps.
     """
 
     source_features: jax.Array
@@ -68,6 +105,19 @@ class LossInputs:
     params: Any = None
     extras: Mapping[str, Any] | None = None
     apply_model: Callable[..., tuple[jax.Array, jax.Array]] | None = None
+    domains: tuple[DomainView, ...] = ()
+
+    def sources(self) -> tuple[DomainView, ...]:
+        """The labelled domains of the step, one view each (one for a two-domain step)."""
+        if self.domains:
+            return tuple(d for d in self.domains if d.labelled)
+        return (DomainView(0, True, self.source_features, self.source_logits, self.source_labels, self.source_inputs),)
+
+    def targets(self) -> tuple[DomainView, ...]:
+        """The unlabelled domains of the step, one view each (one for a two-domain step)."""
+        if self.domains:
+            return tuple(d for d in self.domains if not d.labelled)
+        return (DomainView(1, False, self.target_features, self.target_logits, None, self.target_inputs),)
 
 
 LossFn = Callable[..., jax.Array]

@@ -33,10 +33,10 @@ from da_framework.train.step import Metrics, TrainStep, make_apply_model, regist
 TERM = "mcd"
 
 
-def classifier_mask(params: Mapping[str, Any]) -> Any:
-    """Boolean tree over ``{"model", "aux"}`` params: True for F1 (``model/head``) and F2 (``aux/mcd``)."""
+def classifier_mask(params: Mapping[str, Any], term_key: str = TERM) -> Any:
+    """Boolean tree over ``{"model", "aux"}`` params: True for F1 (``model/head``) and F2 (``aux/<term_key>``)."""
     model = {k: jax.tree.map(lambda _: k == "head", v) for k, v in params["model"].items()}
-    aux = {k: jax.tree.map(lambda _: k == TERM, v) for k, v in params["aux"].items()}
+    aux = {k: jax.tree.map(lambda _: k == term_key, v) for k, v in params["aux"].items()}
     return {"model": model, "aux": aux}
 
 
@@ -90,6 +90,8 @@ def make_mcd_step(
     total_steps: int,
     input_key: str = "image",
     compute_dtype: str = "float32",
+    num_sources: int = 1,
+    num_targets: int = 1,
 ) -> TrainStep:
     """Builds MCD's step ``(state, source_batch, target_batch, key) -> (state, metrics)``.
 
@@ -97,6 +99,11 @@ def make_mcd_step(
     method must contain the ``mcd`` term (whose hyper-parameters ``num_k`` and
     ``discrepancy_weight`` set the schedule).  Only ``compute_dtype="float32"`` is supported.
     """
+    if num_sources != 1 or num_targets != 1:
+        raise LossError(
+            f"MCD's step takes one source and one target domain, got {num_sources} and {num_targets}; "
+            "set one name each in source and target"
+        )
     if compute_dtype != "float32":
         raise ValueError(
             f"MCD's step runs in float32 only, got compute_dtype={compute_dtype!r}; set compute_dtype=float32"
@@ -104,11 +111,11 @@ def make_mcd_step(
     terms = [t for t in method.terms if t.loss == TERM]
     if not terms:
         raise LossError(f"make_mcd_step: method {method.name!r} has no 'mcd' term; write e.g. 'cross_entropy + mcd'")
-    hp = {**get_loss(TERM).hparams, **dict(terms[0].hparams)}
+    hp, term_key = {**get_loss(TERM).hparams, **dict(terms[0].hparams)}, terms[0].key
     num_k, weight = int(hp["num_k"]), float(hp["discrepancy_weight"])
     if num_k < 1:
         raise LossError(f"mcd: num_k must be >= 1, got {num_k}")
-    head2 = method.aux_modules()[TERM]
+    head2 = method.aux_modules()[term_key]
 
     def forward(params: Any, model_state: Any, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
         mutable = list(model_state)
@@ -119,7 +126,7 @@ def make_mcd_step(
 
     def discrepancy(params: Any, model_state: Any, xt: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
         logits, feats, new_state = forward(params["model"], model_state, xt, key)
-        logits2 = head2.apply({"params": params["aux"][TERM]}, (feats, logits))
+        logits2 = head2.apply({"params": params["aux"][term_key]}, (feats, logits))
         return classifier_discrepancy(logits, logits2), new_state
 
     def source_loss(params, state, source_batch, target_batch, key, progress):
@@ -143,7 +150,7 @@ def make_mcd_step(
             apply_model=make_apply_model(model, state.model_state, k_model),
         )
         total, parts = method.loss(params["aux"], inputs)
-        logits2_t = head2.apply({"params": params["aux"][TERM]}, (feats[n_s:], logits[n_s:]))
+        logits2_t = head2.apply({"params": params["aux"][term_key]}, (feats[n_s:], logits[n_s:]))
         disc = classifier_discrepancy(logits[n_s:], logits2_t)
         accuracy = jnp.mean(jnp.argmax(logits[:n_s], -1) == source_batch["label"])
         return total, (disc, parts, new_state, accuracy)
@@ -156,7 +163,7 @@ def make_mcd_step(
     ) -> tuple[TrainState, Metrics]:
         progress = jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0)
         k_a, k_b, k_c = jax.random.split(key, 3)
-        f_mask = classifier_mask(state.params)
+        f_mask = classifier_mask(state.params, term_key)
         g_mask = jax.tree.map(lambda m: not m, f_mask)  # static Python bools
         all_mask = jax.tree.map(lambda _: True, f_mask)
         params, opt_state = state.params, state.opt_state

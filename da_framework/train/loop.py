@@ -85,6 +85,23 @@ def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
     return opt
 
 
+def joint_batches(
+    domains: list[Domain], batch_size: int, seed: int, fields: tuple[str, ...], reading: dict[str, int]
+) -> Any:
+    """Batches of ``batch_size`` examples from each domain's train split, concatenated in domain order.
+
+    One domain: its own :func:`batch_iterator` stream with ``seed`` (the two-domain runs'
+    stream).  Domain i > 0 reads with seed ``seed + 1_000_003 * i``.
+    """
+    its = [
+        batch_iterator(d.split("train"), batch_size, seed=seed + 1_000_003 * i, fields=fields, **reading)
+        for i, d in enumerate(domains)
+    ]
+    if len(its) == 1:
+        return its[0]
+    return ({k: np.concatenate([b[k] for b in parts]) for k in parts[0]} for parts in zip(*its))
+
+
 def check_domain_pair(source: Domain, target: Domain) -> None:
     """Checks that two domains can be paired (same input shape, modality, classes)."""
     if source.input_shape != target.input_shape or source.modality != target.modality:
@@ -127,8 +144,11 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
       a :class:`RunResult`.
     """
     start = time.perf_counter()
-    source, target = get_domain(config.source, config.data_dir), get_domain(config.target, config.data_dir)
-    check_domain_pair(source, target)
+    sources = [get_domain(n, config.data_dir) for n in config.source_names]
+    targets = [get_domain(n, config.data_dir) for n in config.target_names]
+    for other in sources[1:] + targets:
+        check_domain_pair(sources[0], other)
+    source = sources[0]
     method = parse_method(config.method)
     model = make_model(config.model, source.num_classes, config.bottleneck_dim, **config.model_kwargs)
     tx = make_optimizer(config)
@@ -139,8 +159,8 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
     if config.batch_size % hosts:
         raise ParallelError(f"batch_size {config.batch_size} does not split over {hosts} processes")
     local_batch, reading = config.batch_size // hosts, dict(workers=config.data_workers, read_threads=config.data_threads)
-    src_it = batch_iterator(source.split("train"), local_batch, seed=2 * stream, fields=(x_key, "label"), **reading)
-    tgt_it = batch_iterator(target.split("train"), local_batch, seed=2 * stream + 1, fields=(x_key,), **reading)
+    src_it = joint_batches(sources, local_batch, 2 * stream, (x_key, "label"), reading)
+    tgt_it = joint_batches(targets, local_batch, 2 * stream + 1, (x_key,), reading)
 
     key_init, key_steps = jax.random.split(jax.random.key(config.seed))
     first_s, first_t = next(src_it), next(tgt_it)
@@ -156,7 +176,8 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
             s_batch, t_batch = next(src_it), next(tgt_it)
 
     traces = [0]
-    raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype)
+    raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype,
+                                    num_sources=len(sources), num_targets=len(targets))
 
     def counted_step(state: TrainState, s: Any, t: Any, base_key: jax.Array, first_bad: jax.Array) -> Any:
         traces[0] += 1  # runs at trace time only: counts compilations
@@ -186,14 +207,21 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
 
     def run_eval(st: TrainState) -> dict[str, Any]:
         variables = {"params": st.params["model"], **st.model_state}
-        tgt = evaluate(predict, variables, target.split("test"), target.num_classes, config.eval_batch_size, x_key)
-        src = evaluate(predict, variables, source.split("val"), source.num_classes, config.eval_batch_size, x_key)
-        return {
-            "target_test_accuracy": tgt["accuracy"],
-            "target_test_per_class_accuracy": tgt["per_class_accuracy"],
-            "target_test_mean_class_accuracy": tgt["mean_class_accuracy"],
-            "source_val_accuracy": src["accuracy"],
-        }
+        out: dict[str, Any] = {}
+        tgt = [evaluate(predict, variables, t.split("test"), t.num_classes, config.eval_batch_size, x_key) for t in targets]
+        src = [evaluate(predict, variables, s.split("val"), s.num_classes, config.eval_batch_size, x_key) for s in sources]
+        if len(targets) > 1:  # each target on its own; the headline number is their unweighted mean
+            for name, t in zip(config.target_names, tgt):
+                out[f"target_test_accuracy/{name}"] = t["accuracy"]
+        out["target_test_accuracy"] = float(np.mean([t["accuracy"] for t in tgt]))
+        if len(targets) == 1:
+            out["target_test_per_class_accuracy"] = tgt[0]["per_class_accuracy"]
+        out["target_test_mean_class_accuracy"] = float(np.mean([t["mean_class_accuracy"] for t in tgt]))
+        if len(sources) > 1:
+            for name, v in zip(config.source_names, src):
+                out[f"source_val_accuracy/{name}"] = v["accuracy"]
+        out["source_val_accuracy"] = float(np.mean([v["accuracy"] for v in src]))
+        return out
 
     for i in range(start_step, config.steps):
         s_dev, t_dev = next(batches)

@@ -12,8 +12,11 @@ and has a one-line spelling used by configs and the CLI (``parse_method``)::
     "dann"                                          # a named preset (see PRESETS)
     "cross_entropy + 1.0*jan(alphas=(1.0, 2.0))"    # hyper-parameters are Python literals
     "cross_entropy - 0.1*entropy"                   # a negative weight: '-' in place of '+'
+    "cross_entropy + 0.1*mmd as mmd_a + 0.2*mmd(estimator=unbiased) as mmd_b"  # one loss twice
 
-Grammar: terms ``[weight*]loss[(name=value, ...)][@schedule]`` joined by ``+`` or ``-``.  The
+Grammar: terms ``[weight*]loss[(name=value, ...)][@schedule][ as key]`` joined by ``+`` or ``-``.
+A term's *key* names its metric (``loss/<key>``), its auxiliary parameters and its grid keys in
+sweeps; it defaults to the loss name, so a loss used twice needs ``as <key>`` on each use.  The
 bracket is read as the keyword arguments of a Python call: each value is a Python literal
 (number, quoted string, tuple, list, True/False/None) or a bare word, which is a string.  A
 weight is a finite, unsigned number (default 1.0).  A negative weight is written only with the
@@ -51,22 +54,26 @@ class LossTerm:
       weight: constant weight.
       schedule: name of a weight schedule (``da_framework.train.schedules``).
       hparams: keyword hyper-parameters passed to the loss.
+      name: the term's key when it differs from the loss name (``... as <name>``), or None.
     """
 
     loss: str
     weight: float = 1.0
     schedule: str = "constant"
     hparams: tuple[tuple[str, Any], ...] = ()
+    name: str | None = None
 
     @property
     def key(self) -> str:
-        """The name this term's metric and auxiliary parameters go by."""
-        return self.loss
+        """The name this term's metric, auxiliary parameters and sweep grid keys go by."""
+        return self.name or self.loss
 
     def validate(self) -> None:
         """Checks that the weight is a finite number and the loss, schedule and hyper-parameters exist."""
         if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real) or not math.isfinite(self.weight):
             raise LossError(f"weight of loss {self.loss!r} must be a finite number, got {self.weight!r}")
+        if self.name is not None and not (isinstance(self.name, str) and self.name.isidentifier()):
+            raise LossError(f"term key {self.name!r} of loss {self.loss!r} must be an identifier (letters, digits, '_')")
         spec = get_loss(self.loss)
         get_schedule(self.schedule)
         for name, _ in self.hparams:
@@ -95,6 +102,11 @@ PRESETS: dict[str, str] = {
     "fixmatch": "cross_entropy + 1.0*fixmatch",
     "mean_teacher": "cross_entropy + 10.0*mean_teacher@dann_ramp",
     "mcd": "cross_entropy + 1.0*mcd",
+    # tllib examples/domain_adaptation/image_classification: bsp.py --trade-off-bsp 2e-4
+    # (bsp.sh's digits lines: 1e-4); afn.py --trade-off-norm 0.05, --delta 1.
+    "bsp": "cross_entropy + 1.0*dann + 0.0002*bsp",
+    "afn": "cross_entropy + 0.05*afn",
+    "m3sda": "cross_entropy + 1.0*m3sda",
 }
 PRESETS["mmd"] = PRESETS["dan"]
 
@@ -108,8 +120,12 @@ class Method:
 
     def __post_init__(self) -> None:
         keys = [t.key for t in self.terms]
-        if len(set(keys)) != len(keys):
-            raise LossError(f"method {self.name!r} uses a loss twice: {keys}")
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise LossError(
+                f"method {self.name!r} has two terms keyed {', '.join(map(repr, twice))}; a loss used twice needs "
+                f"a key on each use, e.g. '0.1*{twice[0]} as {twice[0]}_a + 0.2*{twice[0]} as {twice[0]}_b'"
+            )
         for term in self.terms:
             term.validate()
 
@@ -140,10 +156,17 @@ class Method:
     def init_extras(self, model_params: Any) -> dict[str, Any]:
         """The extra train-state pytrees the terms ask for (merged; keys must not clash)."""
         extras: dict[str, Any] = {}
+        owner: dict[str, str] = {}
         for term in self.terms:
             hook = get_loss(term.loss).init_extras
             if hook is not None:
-                extras.update(hook(model_params))
+                for name, value in hook(model_params).items():
+                    if name in extras:
+                        raise LossError(
+                            f"terms {owner[name]!r} and {term.key!r} of method {self.name!r} both keep train-state "
+                            f"extra {name!r}; use one of them (their states would overwrite each other)"
+                        )
+                    extras[name], owner[name] = value, term.key
         return extras
 
     def update_extras(self, extras: dict[str, Any], model_params: Any, progress: jax.Array) -> dict[str, Any]:
@@ -186,6 +209,8 @@ class Method:
                 s += "(" + ", ".join(f"{k}={v!r}" for k, v in t.hparams) + ")"
             if t.schedule != "constant":
                 s += f"@{t.schedule}"
+            if t.name is not None:
+                s += f" as {t.name}"
             sign = "-" if math.copysign(1.0, t.weight) < 0 else "+"
             out.append(("- " if sign == "-" else "") + s if i == 0 else f" {sign} {s}")
         return "".join(out)
@@ -193,7 +218,7 @@ class Method:
 
 _TERM_RE = re.compile(
     r"^\s*(?:(?P<weight>[^*()]*?)\s*\*\s*)?(?P<loss>[A-Za-z_]\w*)"
-    r"\s*(?:\((?P<hparams>.*)\))?\s*(?:@\s*(?P<schedule>\w+))?\s*$",
+    r"\s*(?:\((?P<hparams>.*)\))?\s*(?:@\s*(?P<schedule>\w+))?(?:\s+as\s+(?P<key>[A-Za-z_]\w*))?\s*$",
     re.DOTALL,
 )
 _NUMBER_START_RE = re.compile(r"\s*(\d+\.?\d*|\.\d+)[eE]")  # '1e' of '1e-3': its sign is no separator
@@ -281,12 +306,12 @@ def parse_method(spec: str, name: str | None = None) -> Method:
         if not m:
             raise LossError(
                 f"cannot parse method term {part.strip()!r} in {spec!r}; write terms as "
-                f"'[weight*]loss[(k=v, ...)][@schedule]' joined by '+' or '-', or use a preset: {presets}"
+                f"'[weight*]loss[(k=v, ...)][@schedule][ as key]' joined by '+' or '-', or use a preset: {presets}"
             )
         weight = _parse_weight(m["weight"], m["loss"], spec)
         terms.append(LossTerm(
             m["loss"], -weight if sign == "-" else weight, m["schedule"] or "constant",
-            _parse_hparams(m["hparams"], m["loss"]),
+            _parse_hparams(m["hparams"], m["loss"]), m["key"],
         ))
     return Method(label, tuple(terms))
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.registry import LossInputs
+from da_framework.losses.registry import DomainView, LossInputs
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
 from da_framework.train.precision import cast_floating, cast_like, get_compute_dtype
@@ -91,6 +91,37 @@ def make_apply_model(
     return apply_model
 
 
+def domain_views(
+    features: jax.Array,
+    logits: jax.Array,
+    inputs: jax.Array,
+    source_labels: jax.Array,
+    n_source: int,
+    num_sources: int,
+    num_targets: int,
+) -> tuple[DomainView, ...]:
+    """Splits a step's concatenated outputs (all sources, then all targets) into one view per domain.
+
+    Each role's part holds the same number of examples from each of its domains, in order;
+    sources get ids 0..num_sources-1, targets num_sources.. .
+    """
+    n_target = features.shape[0] - n_source
+    if n_source % num_sources or n_target % num_targets:
+        raise ValueError(
+            f"a step batch of {n_source} source / {n_target} target examples does not split into "
+            f"{num_sources} source / {num_targets} target domains of equal size"
+        )
+    views = []
+    for i, (start, size, labelled) in enumerate(
+        [(j * (n_source // num_sources), n_source // num_sources, True) for j in range(num_sources)]
+        + [(n_source + j * (n_target // num_targets), n_target // num_targets, False) for j in range(num_targets)]
+    ):
+        part = slice(start, start + size)
+        labels = source_labels[part] if labelled else None
+        views.append(DomainView(i, labelled, features[part], logits[part], labels, inputs[part]))
+    return tuple(views)
+
+
 def make_train_step(
     model: Classifier,
     method: Method,
@@ -98,6 +129,8 @@ def make_train_step(
     total_steps: int,
     input_key: str = "image",
     compute_dtype: str = "float32",
+    num_sources: int = 1,
+    num_targets: int = 1,
 ) -> TrainStep:
     """Builds the pure train step of ``method`` for ``model`` optimised by ``tx``.
 
@@ -109,10 +142,15 @@ def make_train_step(
       input_key: the batch field holding model inputs (``"image"`` or ``"text"``).
       compute_dtype: ``"float32"`` or ``"bfloat16"`` (the model's forward and backward
         dtype; parameters, optimiser state and losses stay float32).
+      num_sources: labelled domains in the source batch: it is their concatenation, the
+        same number of examples from each, in domain order.
+      num_targets: unlabelled domains in the target batch, likewise.
 
     Returns:
       ``step(state, source_batch, target_batch, key) -> (state, metrics)``; the source
       batch needs ``input_key`` and ``"label"``, the target batch only ``input_key``.
+      With several sources or targets, loss terms also get one
+      :class:`~da_framework.losses.registry.DomainView` per domain (``inputs.domains``).
     """
 
     dtype = get_compute_dtype(compute_dtype)
@@ -143,6 +181,10 @@ def make_train_step(
             new_model_state = cast_like(dict(new_model_state), state.model_state)
 
         apply_model = make_apply_model(model, state.model_state, k_model, lower, to_f32)
+        domains = ()
+        if num_sources > 1 or num_targets > 1:
+            domains = domain_views(feats, logits, jnp.concatenate([xs, xt]), source_batch["label"], n_s,
+                                   num_sources, num_targets)
         inputs = LossInputs(
             source_features=feats[:n_s],
             target_features=feats[n_s:],
@@ -156,6 +198,7 @@ def make_train_step(
             params=params["model"],
             extras=state.extras,
             apply_model=apply_model,
+            domains=domains,
         )
         total, parts = method.loss(params["aux"], inputs)
         accuracy = jnp.mean(jnp.argmax(logits[:n_s], -1) == source_batch["label"])
