@@ -77,7 +77,9 @@ def test_tca_matches_float64_generalised_eigenproblem(shifted):
     for j in range(3):  # embeddings equal up to sign
         cos = abs(z[:, j] @ z_ref[:, j]) / (np.linalg.norm(z[:, j]) * np.linalg.norm(z_ref[:, j]))
         np.testing.assert_allclose(cos, 1.0, atol=1e-3)
-    np.testing.assert_allclose(np.asarray(mmd_matrix(2, 1)), [[0.25, 0.25, -0.5], [0.25, 0.25, -0.5], [-0.5, -0.5, 1.0]])
+    np.testing.assert_allclose(
+        np.asarray(mmd_matrix(2, 1)), [[0.25, 0.25, -0.5], [0.25, 0.25, -0.5], [-0.5, -0.5, 1.0]]
+    )
 
 
 def test_tca_removes_mean_shift(shifted):
@@ -101,3 +103,16 @@ def test_bad_inputs():
         tca(np.ones((4, 2)), np.ones((4, 2)), 1, mu=0.0)
     with pytest.raises(TransferError, match="kernel"):
         tca(np.ones((4, 2)), np.ones((4, 2)), 1, kernel="poly")
+
+
+def test_tca_unit_scaling_same_subspace_unit_columns(shifted):
+    xs, xt = shifted[0][:60], shifted[2][:50]
+    con = tca(xs, xt, 3, mu=1.0)
+    unit = tca(xs, xt, 3, mu=1.0, scaling="unit")
+    w_con, w_unit = (np.asarray(f.components, np.float64) for f in (con, unit))
+    np.testing.assert_allclose(np.linalg.norm(w_unit, axis=0), 1.0, rtol=1e-5)
+    # the same eigenvectors, rescaled: w_con = w_unit * ||w_con||
+    np.testing.assert_allclose(w_unit * np.linalg.norm(w_con, axis=0), w_con, rtol=1e-3, atol=1e-6)
+    assert not np.allclose(np.linalg.norm(w_con, axis=0), 1.0, rtol=1e-2)  # the constraint scaling is not unit norm
+    with pytest.raises(TransferError, match="scaling"):
+        tca(xs, xt, 3, scaling="whiten")

@@ -1,4 +1,4 @@
-"""Closed-form feature-space transfer baselines: subspace alignment and transfer component analysis.
+"""Closed-form feature-space transfer baselines: subspace alignment, TCA and CORAL.
 
 Pure functions of feature arrays (e.g. a frozen backbone's features of both domains); a
 classifier trained on the mapped source features is then applied to the mapped target
@@ -23,7 +23,21 @@ features.
   cannot resolve (a float32 Cholesky route gave eigenvalues off by 60% or NaN).  Each
   eigenvector is then scaled to satisfy the paper's constraint w^T K H K w = 1 (the
   eigenvectors are already K H K-orthogonal), so the centred embedding H Z has orthonormal
-  columns, Z^T H Z = I.
+  columns, Z^T H Z = I (``scaling="constraint"``).  ``scaling="unit"`` instead gives each
+  column of W unit Euclidean norm, the convention of eigen-solvers that return unit-norm
+  eigenvectors (e.g. ``scipy.linalg.eig`` in jindongwang/transferlearning's ``TCA.py``): the
+  same subspace, but the components keep their relative scales, which matters to a
+  distance-based classifier such as 1-NN (docs/office_caltech_surf.md measures both).
+* CORAL, correlation alignment (Sun, Feng & Saenko, "Return of Frustratingly Easy Domain
+  Adaptation", AAAI 2016, Algorithm 1): with C_S = cov(D_S) + lambda I and
+  C_T = cov(D_T) + lambda I (the paper's lambda = 1), the source features are whitened and
+  recoloured, D_S <- D_S C_S^{-1/2} C_T^{1/2}; target features are left as they are.  The
+  map A = C_S^{-1/2} C_T^{1/2} satisfies A^T C_S A = C_T exactly, i.e. it sends the
+  *regularised* source covariance to the regularised target one; the plain covariance of the
+  recoloured source is cov(D_S A) = C_T - lambda C_T^{1/2} C_S^{-1} C_T^{1/2}, which equals
+  cov(D_T) only as lambda -> 0 (for full-rank covariances).  As in Algorithm 1 the features
+  are not centred (the usual per-domain z-scoring makes them zero-mean).  Computed in float64
+  on the host with symmetric eigendecompositions.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ import scipy.linalg
 from da_framework.transfer.weights import TransferError
 
 Kernel = Literal["linear", "rbf"]
+Scaling = Literal["constraint", "unit"]
 
 
 def _check_features(x: jax.Array, name: str) -> jax.Array:
@@ -167,6 +182,7 @@ def tca(
     mu: float = 1.0,
     kernel: Kernel = "linear",
     gamma: float | None = None,
+    scaling: Scaling = "constraint",
 ) -> TCA:
     """Fits TCA on ``source`` (n_s, d) and ``target`` (n_t, d) features.
 
@@ -177,13 +193,15 @@ def tca(
       mu: the trade-off (regulariser) of the trace objective, > 0.
       kernel: ``"linear"`` or ``"rbf"``.
       gamma: RBF width (default 1/d).
+      scaling: ``"constraint"`` (the paper's W^T K H K W = I) or ``"unit"`` (each column of W
+        of unit norm; see the module docstring).
 
     Returns:
       the fit, with ``data``, ``components`` and ``eigenvalues`` in the inputs' floating
       dtype (float32 unless float64 is enabled), computed in float64.
 
     Raises:
-      TransferError: for mismatched widths, mu <= 0, a bad kernel, or ``num_components``
+      TransferError: for mismatched widths, mu <= 0, a bad kernel or scaling, or ``num_components``
         outside [1, n] or above the numerical rank of K H K (the constraint
         W^T K H K W = I then has no solution).
     """
@@ -192,6 +210,8 @@ def tca(
         raise TransferError(f"tca: feature widths differ: {source.shape[1]} vs {target.shape[1]}")
     if mu <= 0:
         raise TransferError(f"tca: mu must be > 0, got {mu}")
+    if scaling not in ("constraint", "unit"):
+        raise TransferError(f"tca: unknown scaling {scaling!r}; valid: constraint, unit")
     dtype = jnp.promote_types(jnp.result_type(source, target), jnp.float32)
     x = np.concatenate([np.asarray(source, np.float64), np.asarray(target, np.float64)])
     n = x.shape[0]
@@ -212,7 +232,10 @@ def tca(
             f"tca: num_components={num_components} exceeds the rank of K H K ({rank}) for these features and kernel; "
             f"use num_components <= {rank}"
         )
-    w = vecs / np.sqrt(vals)  # w^T (K H K) w = lambda w^T b w / lambda = 1
+    if scaling == "constraint":
+        w = vecs / np.sqrt(vals)  # w^T (K H K) w = lambda w^T b w / lambda = 1
+    else:
+        w = vecs / np.linalg.norm(vecs, axis=0)
     return TCA(jnp.asarray(x, dtype), jnp.asarray(w, dtype), jnp.asarray(vals, dtype), kernel, gamma, source.shape[0])
 
 
@@ -225,3 +248,63 @@ def coral_distance(a: jax.Array, b: jax.Array) -> jax.Array:
     """||Cov(a) - Cov(b)||_F^2 / (4 d^2): the CORAL distance (Sun & Saenko, ECCV-W 2016, eq. 1)."""
     d = a.shape[1]
     return jnp.sum((jnp.cov(a, rowvar=False) - jnp.cov(b, rowvar=False)) ** 2) / (4.0 * d * d)
+
+
+def _spd_power(c: np.ndarray, power: float, name: str) -> np.ndarray:
+    """c^power for a symmetric positive-definite float64 matrix, via its eigendecomposition."""
+    vals, vecs = np.linalg.eigh(c)
+    if vals[-1] <= 0 or vals[0] <= len(c) * np.finfo(np.float64).eps * float(vals[-1]):
+        raise TransferError(
+            f"coral: the {name} covariance is singular (smallest eigenvalue {vals[0]:.3g}); use regularizer > 0 "
+            f"(the paper's 1.0) or more samples than features"
+        )
+    return (vecs * vals**power) @ vecs.T
+
+
+@dataclasses.dataclass(frozen=True)
+class CORAL:
+    """A fitted CORAL map (Sun, Feng & Saenko 2016, Algorithm 1).
+
+    Attributes:
+      transform: A = (cov(D_S) + lambda I)^{-1/2} (cov(D_T) + lambda I)^{1/2}, (d, d).
+      regularizer: lambda.
+    """
+
+    transform: jax.Array
+    regularizer: float
+
+    def transform_source(self, x: jax.Array) -> jax.Array:
+        """Whitened-and-recoloured source features x A."""
+        return jnp.asarray(x) @ self.transform
+
+    def transform_target(self, x: jax.Array) -> jax.Array:
+        """Target features, unchanged (CORAL maps the source only)."""
+        return jnp.asarray(x)
+
+
+def coral(source: jax.Array, target: jax.Array, *, regularizer: float = 1.0) -> CORAL:
+    """Fits CORAL of ``source`` (n_s, d) onto ``target`` (n_t, d) features.
+
+    Args:
+      source, target: feature arrays of both domains (same d).
+      regularizer: lambda >= 0 added to both covariances (Algorithm 1 uses 1); 0 gives the
+        exact second-order match cov(D_S A) = cov(D_T) but needs full-rank covariances.
+
+    Returns:
+      the fit, with ``transform`` in the inputs' floating dtype (float32 unless float64 is
+      enabled), computed in float64.
+
+    Raises:
+      TransferError: for mismatched widths, regularizer < 0, or a singular covariance.
+    """
+    source, target = _check_features(source, "coral"), _check_features(target, "coral")
+    if source.shape[1] != target.shape[1]:
+        raise TransferError(f"coral: feature widths differ: {source.shape[1]} vs {target.shape[1]}")
+    if regularizer < 0:
+        raise TransferError(f"coral: regularizer must be >= 0, got {regularizer}")
+    dtype = jnp.promote_types(jnp.result_type(source, target), jnp.float32)
+    eye = regularizer * np.eye(source.shape[1])
+    cs = np.cov(np.asarray(source, np.float64), rowvar=False) + eye
+    ct = np.cov(np.asarray(target, np.float64), rowvar=False) + eye
+    a = _spd_power(cs, -0.5, "source") @ _spd_power(ct, 0.5, "target")
+    return CORAL(jnp.asarray(a, dtype), float(regularizer))
