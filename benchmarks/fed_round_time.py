@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,10 @@ def main() -> None:
     from da_framework.federated.algorithms import server_optimizer
     from da_framework.federated.config import FedConfig
     from da_framework.federated.runner import init_global_params, local_training, make_clients
-    from da_framework.federated.simulation import make_round_fn, place_clients, reference_round, stack_clients
+    from da_framework.federated.simulation import make_round_fn, place_clients, stack_clients
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from federated_reference import reference_round  # the sequential definition, kept with the tests
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=100)

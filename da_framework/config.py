@@ -45,6 +45,9 @@ class ExperimentConfig:
       method: method spec or preset (``"dann"``, ``"cross_entropy + 0.5*mmd"``), or a
         :class:`~da_framework.train.method.Method` value, stored as its exact spelling
         (``Method.spec()``, which parses back to the same terms).
+      trainer: how a step updates the state (:mod:`da_framework.train.trainers`):
+        ``"auto"`` (the one the method's terms need, else ``"standard"``), ``"standard"``
+        or a method's own (``"mcd"``).
       steps: optimisation steps.
       batch_size: examples per domain per step (source and target each).
       optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9, nesterov).
@@ -80,6 +83,7 @@ class ExperimentConfig:
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     bottleneck_dim: int | None = None
     method: str = "source_only"
+    trainer: str = "auto"
     steps: int = 500
     batch_size: int = 64
     optimizer: str = "sgd"

@@ -44,6 +44,9 @@ DIVERGED_FORMAT = "da_framework.diverged/1"  # a run whose loss became non-finit
 # Config keys that do not change a run's result: where files go, how often metrics are
 # fetched, how data is read.  Everything else is part of the config hash.
 NON_SEMANTIC_KEYS = frozenset({"name", "data_dir", "checkpoint_every", "checkpoint_dir", "log_every", "device_prefetch", "data_workers", "data_threads"})
+# Config keys added after records were first written, with the value that reproduces the old
+# behaviour: hashed only when set to something else, so older records keep their hash.
+LATER_KEYS: dict[str, Any] = {"trainer": "auto"}
 
 
 class RecordError(UserError):
@@ -61,6 +64,9 @@ def semantic_config(config: ExperimentConfig, extra: Mapping[str, Any] | None = 
     from da_framework.train.method import parse_method
 
     out = {k: v for k, v in config.to_dict().items() if k not in NON_SEMANTIC_KEYS and k != "seed"}
+    for key, old in LATER_KEYS.items():
+        if out.get(key) == old:
+            del out[key]
     try:
         out["method"] = parse_method(config.method).spec()
     except UserError:  # a loss this version no longer has: keep the spelling

@@ -18,8 +18,9 @@ class _Killed(RuntimeError):
 # tests/test_bench_sweep.py::test_reproduce_detects_match_and_mismatch.
 
 
-def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
-    base = ExperimentConfig(method="dann", steps=10, eval_every=5, **TINY)
+@pytest.mark.parametrize("method", ["dann", "mcd"])  # mcd: its own trainer, masked optimiser updates
+def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, method):
+    base = ExperimentConfig(method=method, steps=10, eval_every=5, **TINY)
     full = train(base)
     cfg = base.replace(checkpoint_every=4, checkpoint_dir=str(tmp_path / "ckpt"))
 

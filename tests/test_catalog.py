@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from da_framework.data import DomainError, batch_iterator, catalog, domain_entries, get_domain
+from da_framework.data import DomainError, batch_iterator, catalog, domain_entries, get_domain, text, voc2007
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -181,7 +181,7 @@ def test_prepared_mnist_split_slicing_and_values(fake_dir: Path) -> None:
 
 
 def test_tokenize() -> None:
-    assert catalog.tokenize("Hello, WORLD! It's a 2nd-rate<br />film") == [
+    assert text.tokenize("Hello, WORLD! It's a 2nd-rate<br />film") == [
         "hello",
         "world",
         "it",
@@ -192,31 +192,31 @@ def test_tokenize() -> None:
         "br",
         "film",
     ]
-    assert catalog.tokenize(b"caf\xc3\xa9 ok") == ["caf", "ok"]
-    assert catalog.tokenize("  ...  ") == []
+    assert text.tokenize(b"caf\xc3\xa9 ok") == ["caf", "ok"]
+    assert text.tokenize("  ...  ") == []
 
 
 def test_build_vocabulary_and_encode() -> None:
     texts = ["b a a", "c b a", "d"]
-    vocab = catalog.build_vocabulary(texts, size=5)  # a:3, b:2, then c/d tie -> c
+    vocab = text.build_vocabulary(texts, size=5)  # a:3, b:2, then c/d tie -> c
     assert vocab == {"a": 2, "b": 3, "c": 4}
-    assert catalog.build_vocabulary(texts, size=100) == {"a": 2, "b": 3, "c": 4, "d": 5}
-    ids = catalog.encode("A d b zzz", vocab, 6)
+    assert text.build_vocabulary(texts, size=100) == {"a": 2, "b": 3, "c": 4, "d": 5}
+    ids = text.encode("A d b zzz", vocab, 6)
     assert ids.dtype == np.int32 and ids.tolist() == [2, 1, 3, 1, 0, 0]
-    assert catalog.encode(b"a b c a", vocab, 2).tolist() == [2, 3]
-    assert catalog.encode("", vocab, 3).tolist() == [0, 0, 0]
+    assert text.encode(b"a b c a", vocab, 2).tolist() == [2, 3]
+    assert text.encode("", vocab, 3).tolist() == [0, 0, 0]
     with pytest.raises(ValueError):
-        catalog.build_vocabulary(texts, size=1)
+        text.build_vocabulary(texts, size=1)
 
 
 def test_vocabulary_is_deterministic() -> None:
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(30)]
     texts = [" ".join(rng.choice(words, 8)) for _ in range(40)]
-    vocab = catalog.build_vocabulary(texts, size=12)
+    vocab = text.build_vocabulary(texts, size=12)
     for seed in range(3):
         shuffled = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
-        assert catalog.build_vocabulary(shuffled, size=12) == vocab
+        assert text.build_vocabulary(shuffled, size=12) == vocab
     assert sorted(vocab.values()) == list(range(2, 12))
 
 
@@ -255,7 +255,7 @@ def test_imdb_prepared_exact_ids(fake_dir: Path) -> None:
 
 def test_voc_class_names_match_tfds(mock_tfds: None) -> None:
     names = tfds.builder("voc/2007").info.features["objects"]["label"].names
-    assert tuple(names) == catalog.VOC_CLASS_NAMES
+    assert tuple(names) == voc2007.VOC_CLASS_NAMES
     assert names.index("bird") == 2 and names.index("person") == 14
 
 
@@ -276,7 +276,7 @@ def _raw_voc(labels: list[int], n_boxes: int | None = None, n_difficult: int | N
 
 def test_voc_record_consistent_lengths() -> None:
     raw = _raw_voc([2, 14, 2])  # difficult: F, T, F
-    bird = catalog.voc_record(raw, 2, image_size=16, max_boxes=4)
+    bird = voc2007.voc_record(raw, 2, image_size=16, max_boxes=4)
     assert bird["image"].shape == (16, 16, 3) and bird["image"].dtype == np.float32
     assert bird["boxes"].shape == (4, 4) and bird["boxes"].dtype == np.float32
     np.testing.assert_allclose(bird["boxes"][:2], raw["objects"]["bbox"][[0, 2]])
@@ -284,13 +284,13 @@ def test_voc_record_consistent_lengths() -> None:
     assert bird["box_mask"].tolist() == [True, True, False, False]
     assert bird["is_difficult"].tolist() == [False, False, False, False]
     assert bird["label"].dtype == np.int32 and bird["label"] == 1
-    person = catalog.voc_record(raw, 14, image_size=16, max_boxes=4)
+    person = voc2007.voc_record(raw, 14, image_size=16, max_boxes=4)
     assert person["box_mask"].tolist() == [True, False, False, False] and person["is_difficult"][0]
-    cat = catalog.voc_record(raw, 7, image_size=16, max_boxes=4)
+    cat = voc2007.voc_record(raw, 7, image_size=16, max_boxes=4)
     assert cat["label"] == 0 and not cat["box_mask"].any() and not cat["boxes"].any()
-    many = catalog.voc_record(_raw_voc([2] * 6), 2, image_size=8, max_boxes=3)
+    many = voc2007.voc_record(_raw_voc([2] * 6), 2, image_size=8, max_boxes=3)
     assert many["box_mask"].all() and many["boxes"].shape == (3, 4)  # extra boxes dropped
-    empty = catalog.voc_record(
+    empty = voc2007.voc_record(
         {"image": raw["image"], "objects": {"bbox": [], "label": [], "is_difficult": []}}, 2, 8, 2
     )
     assert empty["label"] == 0 and empty["boxes"].shape == (2, 4) and not empty["box_mask"].any()
@@ -299,20 +299,20 @@ def test_voc_record_consistent_lengths() -> None:
 def test_voc_record_inconsistent_lengths_truncate() -> None:
     # As in tfds mock data: 3 boxes, 2 labels, 4 difficult flags -> 2 objects.
     raw = _raw_voc([2, 2], n_boxes=3, n_difficult=4)
-    record = catalog.voc_record(raw, 2, image_size=8, max_boxes=4)
+    record = voc2007.voc_record(raw, 2, image_size=8, max_boxes=4)
     assert record["box_mask"].tolist() == [True, True, False, False]
     np.testing.assert_allclose(record["boxes"][:2], raw["objects"]["bbox"][:2])
     assert record["is_difficult"].tolist() == [False, True, False, False]
-    assert catalog.contains_label(_raw_voc([14, 2], n_boxes=1), 14)
-    assert not catalog.contains_label(_raw_voc([14, 2], n_boxes=1), 2)  # label beyond the boxes
+    assert voc2007.contains_label(_raw_voc([14, 2], n_boxes=1), 14)
+    assert not voc2007.contains_label(_raw_voc([14, 2], n_boxes=1), 2)  # label beyond the boxes
 
 
 def test_filtered_source() -> None:
     records = [{"v": i} for i in range(10)]
-    even = catalog.FilteredSource(records, lambda r: r["v"] % 2 == 0)
+    even = voc2007.FilteredSource(records, lambda r: r["v"] % 2 == 0)
     assert len(even) == 5 and [even[i]["v"] for i in range(5)] == [0, 2, 4, 6, 8]
     scan = [{"v": i + 1} for i in range(10)]  # a different view: proves `scan` decides
-    assert catalog.FilteredSource(records, lambda r: r["v"] % 2 == 0, scan).indices.tolist() == [
+    assert voc2007.FilteredSource(records, lambda r: r["v"] % 2 == 0, scan).indices.tolist() == [
         1,
         3,
         5,
@@ -327,12 +327,12 @@ def test_filtered_source() -> None:
         def __getitem__(self, i: int) -> dict:
             raise ImportError("no tensorflow")
 
-    assert len(catalog.FilteredSource(records, lambda r: r["v"] < 3, Failing())) == 3
+    assert len(voc2007.FilteredSource(records, lambda r: r["v"] < 3, Failing())) == 3
 
 
 @pytest.mark.parametrize("category, label_id", [("bird", 2), ("person", 14)])
 def test_voc_domain_mock(mock_tfds: None, category: str, label_id: int) -> None:
-    domain = catalog.voc2007_domain(category, image_size=32, max_boxes=8)
+    domain = voc2007.voc2007_domain(category, image_size=32, max_boxes=8)
     assert (domain.name, domain.input_shape, domain.num_classes) == (
         f"voc2007/{category}",
         (32, 32, 3),
@@ -341,7 +341,7 @@ def test_voc_domain_mock(mock_tfds: None, category: str, label_id: int) -> None:
     for split in SPLITS:
         source = domain.split(split).source
         raw = [source.source[i] for i in range(len(source.source))]  # mock's random records
-        assert len(source) == sum(catalog.contains_label(r, label_id) for r in raw)
+        assert len(source) == sum(voc2007.contains_label(r, label_id) for r in raw)
         for i in range(len(source)):
             record = domain.split(split)[i]
             assert record["label"] == 1 and record["box_mask"].any()
@@ -357,11 +357,11 @@ def test_voc_registered_defaults(mock_tfds: None) -> None:
     domain = get_domain("voc2007/person")
     record = domain.split("val")[0]
     assert record["image"].shape == (128, 128, 3) and domain.input_shape == (128, 128, 3)
-    assert record["boxes"].shape == (catalog.VOC_MAX_BOXES, 4)
+    assert record["boxes"].shape == (voc2007.VOC_MAX_BOXES, 4)
 
 
 def test_voc_prepared_filter_and_skip_decoding(fake_dir: Path) -> None:
-    bird = catalog.voc2007_domain("bird", str(fake_dir), image_size=16, max_boxes=3)
+    bird = voc2007.voc2007_domain("bird", str(fake_dir), image_size=16, max_boxes=3)
     assert {s: len(bird.split(s)) for s in SPLITS} == {"train": 1, "val": 0, "test": 1}
     assert isinstance(bird.split("train").source.scan[0]["image"], bytes)  # JPEG never decoded
     record = bird.split("train")[0]
@@ -370,7 +370,7 @@ def test_voc_prepared_filter_and_skip_decoding(fake_dir: Path) -> None:
     assert record["is_difficult"].tolist() == [False, True, False]
     assert record["image"].shape == (16, 16, 3)
     np.testing.assert_allclose(record["image"], 200 / 255, atol=3 / 255)  # JPEG round trip
-    person = catalog.voc2007_domain("person", str(fake_dir), image_size=16)
+    person = voc2007.voc2007_domain("person", str(fake_dir), image_size=16)
     assert len(person.split("train")) == 2  # tfds shuffled the examples when writing
     assert sorted(int(person.split("train")[i]["box_mask"].sum()) for i in range(2)) == [1, 1]
 

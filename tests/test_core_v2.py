@@ -147,3 +147,13 @@ def test_mcd_with_fixmatch_trains():
     logged = result.history[-2]
     assert {"loss/mcd", "loss/fixmatch", "loss/mcd_discrepancy_c"} <= set(logged)
     assert result.compile_count == 1
+
+
+def test_trainer_key_is_hashed_only_away_from_its_default():
+    from da_framework.results import config_hash, semantic_config
+
+    base = ExperimentConfig(method="dann")
+    assert "trainer" not in semantic_config(base)  # records written before the key existed keep their hash
+    assert config_hash(base.replace(trainer="standard")) != config_hash(base)
+    with pytest.raises(LossError, match="needs trainer 'mcd'"):
+        train(ExperimentConfig(method="mcd", trainer="standard", steps=1, model="mlp", model_kwargs={"hidden": (8,)}))

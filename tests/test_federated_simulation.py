@@ -15,11 +15,11 @@ from da_framework.federated.simulation import (
     make_round_fn,
     padded_client_ids,
     place_clients,
-    reference_round,
     replicate_tree,
     stack_clients,
 )
 from da_framework.models import make_model
+from federated_reference import reference_round  # tests/federated_reference.py
 
 SIZES = [5, 13, 1, 20, 8]  # uneven; 1 < B and 5, 13 not multiples of B
 
@@ -83,7 +83,7 @@ def test_vmapped_round_equals_sequential_reference(mu, adaptation, labeled, clip
 
 def _record_reference_steps(monkeypatch):
     """Makes reference_round log the inputs of every local step it takes (in client order)."""
-    import da_framework.federated.simulation as sim
+    import federated_reference as sim
 
     calls, original = [], sim._reference_step
 

@@ -15,7 +15,8 @@ from da_framework.models.registry import make_model
 from da_framework.train import train
 from da_framework.train.method import parse_method
 from da_framework.train.state import init_train_state
-from da_framework.train.step import make_train_step, step_builder
+from da_framework.train.step import make_train_step
+from da_framework.train.trainers import get_trainer, resolve_trainer
 
 
 def test_discrepancy_reference():
@@ -78,10 +79,16 @@ def test_masked_update_freezes_params_and_slots(setup):
     assert not _leaves_equal(p3["model"]["backbone"], p2["model"]["backbone"])
 
 
-def test_step_builder_picks_mcd(setup):
+def test_trainer_is_chosen_by_name_and_never_silently_switched(setup):
     _, method, *_ = setup
-    assert step_builder(method) is make_mcd_step
-    assert step_builder(parse_method("dann")) is make_train_step
+    assert get_trainer("auto", method) is make_mcd_step
+    assert get_trainer("mcd", method) is make_mcd_step
+    assert get_trainer("auto", parse_method("dann")) is make_train_step
+    assert resolve_trainer("standard", parse_method("dann")) == "standard"
+    with pytest.raises(LossError, match="needs trainer 'mcd'.*set trainer=mcd or auto"):
+        resolve_trainer("standard", method)
+    with pytest.raises(LossError, match="unknown trainer 'adda'; valid: auto, standard, mcd"):
+        resolve_trainer("adda", method)
 
 
 def test_mcd_step_updates_everything_once(setup):

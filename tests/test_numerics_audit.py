@@ -260,11 +260,11 @@ def test_mcd_with_fixmatch_trains():
     from da_framework.models.registry import make_model
     from da_framework.train.method import parse_method
     from da_framework.train.state import init_train_state
-    from da_framework.train.step import step_builder
+    from da_framework.train.trainers import get_trainer
 
     model = make_model("mlp", 3, None, hidden=(8,))
     method = parse_method("cross_entropy + mcd(num_k=1) + fixmatch(threshold=0.0, num_ops=1, pad=0)")
-    assert step_builder(method) is make_mcd_step
+    assert get_trainer("auto", method) is make_mcd_step
     xs, xt, ys = _tiny_batches()
     tx = optax.sgd(0.1)
     state = init_train_state(jax.random.key(0), model, method, tx, xs, xt, ys)

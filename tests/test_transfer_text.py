@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from da_framework.data.catalog import OOV_ID, PAD_ID
+from da_framework.data.text import OOV_ID, PAD_ID
 from da_framework.data.registry import get_domain
 from da_framework.data.text_synthetic import LENGTH, SHARED_SENTIMENT, STYLES, make_sentences, vocab_size, vocabulary
 from da_framework.transfer.finetune import split_arrays

@@ -30,7 +30,7 @@ from da_framework.train.evaluate import evaluate, make_predict_fn
 from da_framework.train.loop import RunResult, _check_finite, check_domain_pair, make_optimizer
 from da_framework.train.method import parse_method
 from da_framework.train.state import init_train_state
-from da_framework.train.step import step_builder
+from da_framework.train.trainers import get_trainer
 
 
 def _stack(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, jax.Array]:
@@ -75,7 +75,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResul
     states = init(key_init, s_batch[x_key], t_batch[x_key], s_batch["label"])
 
     traces = [0]
-    raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype)
+    raw_step = get_trainer(config.trainer, method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype)
 
     def counted_step(*args: Any) -> Any:
         traces[0] += 1

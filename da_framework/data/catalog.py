@@ -27,19 +27,13 @@ order, so the two paths' train/val members differ), and
                     input shape of ``mnist`` for SVHN <-> MNIST pairs
 ``cifar10``         32x32x3 -> float32 in [0, 1]; class names from the tfds feature spec
 ``imdb_reviews``    text -> ``"text"``: int32 token ids of fixed length 256 (see
-                    :func:`tokenize`, :func:`build_vocabulary`, :func:`encode`; the
+                    :mod:`da_framework.data.text`; the
                     vocabulary, 20,000 ids, is built once per domain, on first use, from
                     the domain's ``train`` split)
-``voc2007/bird``    PASCAL VOC 2007 images containing >= 1 bird, resized (plain, no
-                    letterbox) to 128x128x3 float32 in [0, 1], with the bird boxes
-``voc2007/person``  the same for persons
 ==================  ======================================================================
 
-VOC records are ``{"image", "boxes": float32 (max_boxes, 4) normalised
-[ymin, xmin, ymax, xmax] (a plain resize keeps them valid), zero-padded, "box_mask": bool
-(max_boxes,), "is_difficult": bool (max_boxes,), "label": int32}``, where ``label`` is 1
-when the image contains the category (always, given the filtering) and only boxes of
-the category are kept (the first ``max_boxes``).
+The tokenizer is in :mod:`da_framework.data.text`; the VOC 2007 domains (same tfds reading)
+in :mod:`da_framework.data.voc2007`.
 
 Resizing uses PIL's bilinear filter on the uint8 image (antialiased when shrinking),
 PIL being what tfds itself decodes images with when TensorFlow and OpenCV are absent.
@@ -47,35 +41,22 @@ PIL being what tfds itself decodes images with when TensorFlow and OpenCV are ab
 
 from __future__ import annotations
 
-import collections
-import functools
 import os
-import re
 import shlex
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from da_framework.data.domain import Domain, DomainError, MappedSource, RandomAccessSource, Record
 from da_framework.data.registry import register_domain
-from da_framework.errors import UserError
+from da_framework.data.text import TextEncoder
 
 SPLITS_FROM_TRAIN = {"train": "train[:90%]", "val": "train[90%:]", "test": "test"}
-VOC_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 CIFAR10_CLASS_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
-# tfds's voc label list (``features["objects"]["label"].names``; a test checks it):
-# bird = 2, person = 14.
-VOC_CLASS_NAMES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
-PAD_ID, OOV_ID = 0, 1
 IMDB_VOCAB_SIZE, IMDB_LENGTH = 20_000, 256
-VOC_IMAGE_SIZE, VOC_MAX_BOXES = 128, 50  # more boxes of the category are dropped
 _DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 
@@ -135,12 +116,6 @@ def open_tfds_splits(
             f"'da_framework[tf]' && tfds build {name} --data_dir {shlex.quote(directory)} "
             f"--file_format array_record  (tfds raised {type(e).__name__})."
         ) from e
-
-
-def iterate_records(source: RandomAccessSource) -> Iterator[Record]:
-    """Yields every record of ``source`` in order."""
-    # Not ``__getitems__``: tfds's mock data sources implement it wrongly.
-    return (source[i] for i in range(len(source)))
 
 
 def _label_names(source: RandomAccessSource, fallback: tuple[str, ...]) -> tuple[str, ...]:
@@ -292,76 +267,6 @@ def cifar10(data_dir: str | None = None) -> Domain:
     return image_domain("cifar10", "cifar10", data_dir, (32, 32, 3), "CIFAR-10 32x32x3", CIFAR10_CLASS_NAMES)
 
 
-# -------------------------------------------------------------------------------- text
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def _as_str(text: Any) -> str:
-    if isinstance(text, np.ndarray):
-        text = text.item()
-    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
-
-
-def tokenize(text: str | bytes) -> list[str]:
-    """Lowercases ``text`` and splits it on every run of non-[a-z0-9] characters.
-
-    >>> tokenize("It's GREAT, 10/10!")
-    ['it', 's', 'great', '10', '10']
-    """
-    return _WORD.findall(_as_str(text).lower())
-
-
-def build_vocabulary(texts: Iterable[str | bytes], size: int) -> dict[str, int]:
-    """Builds a word -> id vocabulary with ids in ``[0, size)``, deterministically.
-
-    Ids 0 (:data:`PAD_ID`) and 1 (:data:`OOV_ID`) are reserved; the ``size - 2`` most
-    frequent words (by token count over ``texts``, ties broken alphabetically) get ids
-    2, 3, ... in that order.  The result depends only on the multiset of texts.
-    """
-    if size < 2:
-        raise UserError(f"vocabulary size must be >= 2 (pad and OOV ids), got {size}")
-    counts = collections.Counter(w for t in texts for w in tokenize(t))
-    ranked = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))[: size - 2]
-    return {w: i + 2 for i, (w, _) in enumerate(ranked)}
-
-
-def encode(text: str | bytes, vocab: Mapping[str, int], length: int) -> np.ndarray:
-    """Token ids of ``text``: int32 ``(length,)``, truncated or 0-padded at the end.
-
-    Words missing from ``vocab`` get :data:`OOV_ID` (1).
-    """
-    ids = [vocab.get(w, OOV_ID) for w in tokenize(text)[:length]]
-    out = np.full((length,), PAD_ID, dtype=np.int32)
-    out[: len(ids)] = ids
-    return out
-
-
-class TextEncoder:
-    """Per-record function of text domains, with a vocabulary built lazily, once.
-
-    Attributes:
-      corpus: the source whose ``"text"`` fields build the vocabulary.
-      size: number of token ids (vocabulary words + 2).
-      length: fixed number of token ids per record.
-    """
-
-    def __init__(self, corpus: RandomAccessSource, size: int, length: int) -> None:
-        self.corpus, self.size, self.length = corpus, size, length
-
-    @functools.cached_property
-    def vocab(self) -> dict[str, int]:
-        """The word -> id vocabulary of the corpus (built on first access)."""
-        return build_vocabulary((r["text"] for r in iterate_records(self.corpus)), self.size)
-
-    def __call__(self, record: Record) -> Record:
-        """Maps a tfds ``{"text", "label"}`` record to int32 token ids and label."""
-        return {
-            "text": encode(record["text"], self.vocab, self.length),
-            "label": np.int32(record["label"]),
-        }
-
-
 @register_domain(
     "imdb_reviews",
     description=f"IMDB sentiment, {IMDB_LENGTH} token ids, vocabulary {IMDB_VOCAB_SIZE}",
@@ -389,136 +294,3 @@ def imdb_reviews(
         description=f"IMDB reviews, {length} token ids < {vocab_size}",
         class_names=_label_names(raw["train"], ("neg", "pos")),
     )
-
-
-# ---------------------------------------------------------------------------- VOC 2007
-
-
-class FilteredSource:
-    """Random-access view of the records of ``source`` for which ``keep`` is true.
-
-    The matching indices are found once, on first use, by scanning ``scan`` (a cheaper
-    view of the same records, e.g. one that skips image decoding) or ``source``.
-    """
-
-    def __init__(
-        self,
-        source: RandomAccessSource,
-        keep: Callable[[Record], bool],
-        scan: RandomAccessSource | None = None,
-    ) -> None:
-        self.source, self.keep, self.scan = source, keep, scan
-
-    @functools.cached_property
-    def indices(self) -> np.ndarray:
-        """Indices into ``source`` of the kept records."""
-        try:
-            return self._matching(self.scan if self.scan is not None else self.source)
-        # tfds's mock data cannot serve a skip-decoding view: it re-encodes its random
-        # records, which needs TensorFlow (ImportError) and equal sequence lengths
-        # (ValueError).  Real data never fails here, and fully decoded records would
-        # raise the same errors again.
-        except (ImportError, ValueError):
-            return self._matching(self.source)
-
-    def _matching(self, records: RandomAccessSource) -> np.ndarray:
-        keep = [i for i, r in enumerate(iterate_records(records)) if self.keep(r)]
-        return np.asarray(keep, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> Record:
-        return self.source[int(self.indices[index])]
-
-
-def _objects(record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(bbox (n, 4), label (n,), is_difficult (n,)) of a VOC record's objects.
-
-    Real VOC records have sequences of equal length; tfds's mock data draws each length
-    independently, so all three are truncated to the shortest.
-    """
-    objects = record["objects"]
-    boxes = np.asarray(objects["bbox"], dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(objects["label"]).reshape(-1)
-    difficult = np.asarray(objects["is_difficult"], dtype=bool).reshape(-1)
-    n = min(len(boxes), len(labels), len(difficult))
-    return boxes[:n], labels[:n], difficult[:n]
-
-
-def contains_label(record: Record, label_id: int) -> bool:
-    """Whether a tfds VOC record has at least one object of class ``label_id``."""
-    return bool(np.any(_objects(record)[1] == label_id))
-
-
-def voc_record(record: Record, label_id: int, image_size: int, max_boxes: int) -> Record:
-    """Preprocesses a tfds VOC record for one category (class ``label_id``).
-
-    Returns:
-      ``{"image": float32 (image_size, image_size, 3) in [0, 1], "boxes": float32
-      (max_boxes, 4), "box_mask": bool (max_boxes,), "is_difficult": bool (max_boxes,),
-      "label": int32}``: the first ``max_boxes`` boxes of the category in tfds's
-      normalised ``[ymin, xmin, ymax, xmax]``, zero-padded; ``label`` is 1 when the image
-      has an object of the category.
-    """
-    boxes, labels, difficult = _objects(record)
-    match = labels == label_id
-    kept = boxes[match][:max_boxes]
-    k = len(kept)
-    out_boxes = np.zeros((max_boxes, 4), dtype=np.float32)
-    out_boxes[:k] = kept
-    out_difficult = np.zeros((max_boxes,), dtype=bool)
-    out_difficult[:k] = difficult[match][:max_boxes]
-    return {
-        "image": preprocess_image(record["image"], image_size, 3),
-        "boxes": out_boxes,
-        "box_mask": np.arange(max_boxes) < k,
-        "is_difficult": out_difficult,
-        "label": np.int32(match.any()),
-    }
-
-
-def voc2007_domain(
-    category: str,
-    data_dir: str | None = None,
-    *,
-    image_size: int = VOC_IMAGE_SIZE,
-    max_boxes: int = VOC_MAX_BOXES,
-) -> Domain:
-    """The VOC 2007 images containing ``category``, with that category's boxes.
-
-    Args:
-      category: a name of :data:`VOC_CLASS_NAMES`, e.g. ``"bird"``.
-      data_dir: see :func:`resolve_data_dir`.
-      image_size: images are resized (plainly) to ``(image_size, image_size, 3)``.
-      max_boxes: boxes per record (extra boxes are dropped, missing ones zero-padded).
-    """
-    import tensorflow_datasets as tfds
-
-    if category not in VOC_CLASS_NAMES:
-        raise DomainError(f"unknown VOC category {category!r}; valid: {', '.join(VOC_CLASS_NAMES)}")
-    label_id = VOC_CLASS_NAMES.index(category)
-    raw = open_tfds_splits("voc/2007", VOC_SPLITS, data_dir)
-    scan = open_tfds_splits("voc/2007", VOC_SPLITS, data_dir, {"image": tfds.decode.SkipDecoding()})
-    keep = functools.partial(contains_label, label_id=label_id)
-    fn = functools.partial(voc_record, label_id=label_id, image_size=image_size, max_boxes=max_boxes)
-    return Domain(
-        name=f"voc2007/{category}",
-        splits={k: MappedSource(FilteredSource(src, keep, scan[k]), fn) for k, src in raw.items()},
-        num_classes=2,
-        input_shape=(image_size, image_size, 3),
-        description=f"VOC 2007 images with a {category}, {image_size}px, {category} boxes",
-        class_names=(f"no {category}", category),
-    )
-
-
-@register_domain("voc2007/bird", description="VOC 2007 images with birds + bird boxes", needs_download=True)
-def voc2007_bird(data_dir: str | None = None) -> Domain:
-    """VOC 2007 images containing a bird (tfds label 2), with the bird boxes."""
-    return voc2007_domain("bird", data_dir)
-
-
-@register_domain("voc2007/person", description="VOC 2007 images with persons + person boxes", needs_download=True)
-def voc2007_person(data_dir: str | None = None) -> Domain:
-    """VOC 2007 images containing a person (tfds label 14), with the person boxes."""
-    return voc2007_domain("person", data_dir)

@@ -253,3 +253,9 @@ def _grain_batches(
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
     yield from it
+
+
+def iterate_records(source: RandomAccessSource) -> Iterator[Record]:
+    """Yields every record of ``source`` in order."""
+    # Not ``__getitems__``: tfds's mock data sources implement it wrongly.
+    return (source[i] for i in range(len(source)))

@@ -11,7 +11,7 @@ Each example is a "sentence" of 12 to 30 words drawn, with fixed seeds, from wor
 * 5% of labels flipped.
 
 Labels: 0 = negative, 1 = positive.  Words are shuffled within a sentence, lowercased and
-encoded with :func:`da_framework.data.catalog.encode` over one fixed vocabulary of every word
+encoded with :func:`da_framework.data.text.encode` over one fixed vocabulary of every word
 list (ids 0 = padding, 1 = unknown, then the words in sorted order), to :data:`LENGTH`
 int32 ids.  Each domain has :data:`NUM_EXAMPLES` examples cut 60/20/20 into
 ``train``/``val``/``test``; ``text/source`` uses ``default_rng(0)``, ``text/target``
@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 
-from da_framework.data.catalog import encode
+from da_framework.data.text import encode
 from da_framework.data.domain import ArraySource, Domain
 from da_framework.data.registry import register_domain
 from da_framework.errors import UserError

@@ -3,7 +3,7 @@
 Built on the catalog's reader (:func:`da_framework.data.catalog.open_tfds_splits`: lazy
 ``tfds.data_source``, never downloads, :class:`~da_framework.data.catalog.DatasetNotPreparedError`
 with the ``tfds build`` command when the data is missing) and its image filter
-(:class:`~da_framework.data.catalog.FilteredSource`): a domain holds the images with at
+(:class:`~da_framework.data.voc2007.FilteredSource`): a domain holds the images with at
 least one object of the category, and only that category's boxes.
 
 Differences from the catalog's ``voc2007/<category>`` classification-style domains:
@@ -20,7 +20,7 @@ Differences from the catalog's ``voc2007/<category>`` classification-style domai
 
 Object sequences of unequal lengths (tfds's mock data draws ``objects/bbox``,
 ``objects/label`` and ``objects/is_difficult`` lengths independently; real VOC never does)
-are truncated to the shortest, as in the catalog (``catalog._objects``).  Difficult boxes are
+are truncated to the shortest, as in :func:`da_framework.data.voc2007.voc_objects`, the one reader of VOC objects.  Difficult boxes are
 kept, flagged in ``is_difficult``: VOC evaluation ignores them; training uses them as
 ordinary boxes.
 """
@@ -31,14 +31,8 @@ import functools
 
 import numpy as np
 
-from da_framework.data.catalog import (
-    VOC_CLASS_NAMES,
-    FilteredSource,
-    _objects,
-    contains_label,
-    open_tfds_splits,
-    preprocess_image,
-)
+from da_framework.data.catalog import open_tfds_splits, preprocess_image
+from da_framework.data.voc2007 import VOC_CLASS_NAMES, FilteredSource, contains_label, voc_objects
 from da_framework.data.domain import ArraySource, Domain, DomainError, MappedSource, RandomAccessSource, Record
 
 YEARS = {
@@ -79,7 +73,7 @@ def voc_detection_record(
       normalised [ymin, xmin, ymax, xmax] on the (letterboxed) image, zero-padded,
       "box_mask": bool, "is_difficult": bool, "label": int32 1 if the category is present}``.
     """
-    boxes, labels, difficult = _objects(record)
+    boxes, labels, difficult = voc_objects(record)
     match = labels == label_id
     kept, kept_difficult = boxes[match][:max_boxes], difficult[match][:max_boxes]
     if use_letterbox:

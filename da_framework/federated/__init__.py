@@ -14,7 +14,7 @@ from da_framework.federated.partition import (
     quantity_skew_partition,
 )
 from da_framework.federated.runner import FedResult, run_federated
-from da_framework.federated.simulation import ClientData, LocalTraining, make_client_update, make_round_fn, reference_round, stack_clients
+from da_framework.federated.simulation import ClientData, LocalTraining, make_client_update, make_round_fn, stack_clients
 
 __all__ = [
     "Client",
@@ -34,7 +34,6 @@ __all__ = [
     "partition_table",
     "proximal_term",
     "quantity_skew_partition",
-    "reference_round",
     "run_federated",
     "server_optimizer",
     "server_update",

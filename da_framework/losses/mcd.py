@@ -51,6 +51,7 @@ def classifier_discrepancy(logits1: jax.Array, logits2: jax.Array) -> jax.Array:
     description="maximum classifier discrepancy: two heads, three-step schedule (custom step; here F2's source CE)",
     reference="Saito et al., 'Maximum Classifier Discrepancy for Unsupervised Domain Adaptation', CVPR 2018",
     aux_module=SecondClassifier,
+    trainer="mcd",
 )
 def mcd_term(inputs: LossInputs, num_k: int = 4, discrepancy_weight: float = 1.0) -> jax.Array:
     """Source cross-entropy of the second classifier F2 (step A); the MCD step reads ``num_k`` and the weight."""

@@ -138,6 +138,8 @@ class LossSpec:
         state (e.g. ``{"anchor_params": model_params}``), or None.
       update_extras: ``update_extras(extras, new_model_params, progress) -> dict`` run
         after every optimiser update (e.g. an EMA teacher), or None.
+      trainer: the trainer (:mod:`da_framework.train.trainers`) this term needs, or None
+        for any.
     """
 
     name: str
@@ -148,6 +150,7 @@ class LossSpec:
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_extras: Callable[[Any], dict[str, Any]] | None = None
     update_extras: Callable[[dict[str, Any], Any, jax.Array], dict[str, Any]] | None = None
+    trainer: str | None = None
 
 
 class LossError(UserError):
@@ -165,6 +168,7 @@ def register_loss(
     aux_module: Callable[[], nn.Module] | None = None,
     init_extras: Callable[[Any], dict[str, Any]] | None = None,
     update_extras: Callable[[dict[str, Any], Any, jax.Array], dict[str, Any]] | None = None,
+    trainer: str | None = None,
     overwrite: bool = False,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator registering ``fn(inputs: LossInputs, **hparams) -> scalar`` as ``name``.
@@ -176,6 +180,7 @@ def register_loss(
       aux_module: factory of an auxiliary Flax module whose parameters the trainer owns.
       init_extras: creates extra train-state pytrees from the initial model parameters.
       update_extras: updates them after each optimiser step.
+      trainer: the trainer the term needs (e.g. ``"mcd"``), or None for any.
       overwrite: allow replacing an existing registration (e.g. when re-running a notebook).
 
     Returns:
@@ -189,7 +194,9 @@ def register_loss(
             raise LossError(f"loss {name!r} is already registered; pass overwrite=True to replace it")
         params = list(inspect.signature(fn).parameters.values())[1:]
         hparams = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-        _LOSSES[name] = LossSpec(name, fn, description, reference, aux_module, hparams, init_extras, update_extras)
+        _LOSSES[name] = LossSpec(
+            name, fn, description, reference, aux_module, hparams, init_extras, update_extras, trainer
+        )
         return fn
 
     return decorator

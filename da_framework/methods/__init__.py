@@ -1,1 +1,1 @@
-"""Methods that need their own training step (registered with ``register_step_builder``)."""
+"""Methods that need their own training step, one file each; listed in ``da_framework.train.trainers.TRAINERS``."""

@@ -28,7 +28,7 @@ from da_framework.losses.registry import LossError, LossInputs, get_loss
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
 from da_framework.train.state import TrainState
-from da_framework.train.step import Metrics, TrainStep, make_apply_model, register_step_builder
+from da_framework.train.step import Metrics, TrainStep, make_apply_model
 
 TERM = "mcd"
 
@@ -213,5 +213,3 @@ def make_mcd_step(
 
     return step
 
-
-register_step_builder(TERM, make_mcd_step)

@@ -1,7 +1,14 @@
-"""Training core: methods as weighted loss terms, the pure step, the loop."""
+"""Training core: methods as weighted loss terms, the pure step, the loop.
+
+The loop's names (``train``, ``RunResult``, ``NonFiniteLossError``, ``make_optimizer``) are
+imported on first use: the loop picks trainers, and methods with their own trainer
+(:mod:`da_framework.methods`) import this package's step, so importing the loop here would
+make an import cycle.
+"""
+
+from typing import Any
 
 from da_framework.train.evaluate import classification_metrics, evaluate, make_predict_fn
-from da_framework.train.loop import NonFiniteLossError, RunResult, make_optimizer, train
 from da_framework.train.method import PRESETS, LossTerm, Method, parse_method
 from da_framework.train.parallel import make_mesh, replicate, shard_batch
 from da_framework.train.state import TrainState, init_train_state
@@ -26,3 +33,14 @@ __all__ = [
     "shard_batch",
     "train",
 ]
+
+_FROM_LOOP = ("NonFiniteLossError", "RunResult", "make_optimizer", "train")
+
+
+def __getattr__(name: str) -> Any:
+    """Imports the loop's public names on first access (see the module docstring)."""
+    if name in _FROM_LOOP:
+        from da_framework.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

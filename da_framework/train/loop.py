@@ -35,7 +35,7 @@ from da_framework.train.evaluate import evaluate, make_predict_fn
 from da_framework.train.method import parse_method
 from da_framework.train.parallel import ParallelError, make_mesh, replicate, shard_batch
 from da_framework.train.state import TrainState, init_train_state
-from da_framework.train.step import step_builder
+from da_framework.train.trainers import get_trainer
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -176,7 +176,7 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
             s_batch, t_batch = next(src_it), next(tgt_it)
 
     traces = [0]
-    raw_step = step_builder(method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype,
+    raw_step = get_trainer(config.trainer, method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype,
                                     num_sources=len(sources), num_targets=len(targets))
 
     def counted_step(state: TrainState, s: Any, t: Any, base_key: jax.Array, first_bad: jax.Array) -> Any:

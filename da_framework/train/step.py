@@ -28,32 +28,6 @@ Metrics = dict[str, jax.Array]
 TrainStep = Callable[[TrainState, Mapping[str, jax.Array], Mapping[str, jax.Array], jax.Array], tuple[TrainState, Metrics]]
 StepBuilder = Callable[..., TrainStep]
 
-_STEP_BUILDERS: dict[str, StepBuilder] = {}
-
-
-def register_step_builder(loss: str, builder: StepBuilder) -> None:
-    """Makes methods containing the loss term ``loss`` train with ``builder`` instead of :func:`make_train_step`.
-
-    ``builder`` has :func:`make_train_step`'s signature and returns a step with the same
-    contract (e.g. MCD's three sub-steps, :mod:`da_framework.methods.mcd`).
-    """
-    _STEP_BUILDERS[loss] = builder
-
-
-def step_builder(method: Method) -> StepBuilder:
-    """The step builder of ``method``: a registered custom one if a term asks for it, else :func:`make_train_step`."""
-    import importlib
-    import pkgutil
-
-    import da_framework.methods as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"da_framework.methods.{info.name}")
-    custom = {t.loss for t in method.terms} & set(_STEP_BUILDERS)
-    if len(custom) > 1:
-        raise ValueError(f"method {method.name!r} combines terms with different custom steps: {sorted(custom)}")
-    return _STEP_BUILDERS[custom.pop()] if custom else make_train_step
-
 
 def make_apply_model(
     model: Classifier,

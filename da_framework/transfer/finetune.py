@@ -114,7 +114,7 @@ def split_arrays(domain: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
     source = domain.split(split)
     arrays = getattr(source, "arrays", None)
     if arrays is None:
-        from da_framework.data.catalog import iterate_records
+        from da_framework.data.domain import iterate_records
 
         records = list(iterate_records(source))
         return np.stack([r[domain.input_key] for r in records]), np.asarray([r["label"] for r in records], np.int32)

@@ -1,0 +1,56 @@
+"""Trainers: how one training step updates the state, chosen by name (config key ``trainer``).
+
+Most methods train by one gradient step on their weighted sum of loss terms, the
+``"standard"`` trainer (:func:`da_framework.train.step.make_train_step`).  A method whose update
+is not that (MCD's three sub-steps) names its own, listed here in one explicit dict, as
+scenic's ``train_lib/trainers.py`` does::
+
+    TRAINERS = {"standard": make_train_step, "mcd": make_mcd_step}
+
+A loss term that only works with one trainer says so when registered
+(``register_loss(..., trainer="mcd")``).  With ``trainer="auto"`` (the default) a run uses the
+trainer its terms ask for, else ``"standard"``; naming a trainer explicitly that the terms
+contradict is an error, never a silent switch.  Every trainer has ``make_train_step``'s
+signature and returns ``step(state, source_batch, target_batch, key) -> (state, metrics)``.
+"""
+
+from __future__ import annotations
+
+from da_framework.losses.registry import LossError, get_loss
+from da_framework.methods.mcd import make_mcd_step
+from da_framework.train.method import Method
+from da_framework.train.step import StepBuilder, make_train_step
+
+TRAINERS: dict[str, StepBuilder] = {
+    "standard": make_train_step,
+    "mcd": make_mcd_step,
+}
+
+
+def resolve_trainer(name: str, method: Method) -> str:
+    """The trainer a run of ``method`` uses when its config says ``trainer=name``.
+
+    Raises:
+      LossError: for an unknown trainer, terms asking for two different trainers, or an
+        explicit trainer other than the one a term needs.
+    """
+    if name != "auto" and name not in TRAINERS:
+        raise LossError(f"unknown trainer {name!r}; valid: auto, {', '.join(TRAINERS)}")
+    wanted = {t.key: get_loss(t.loss).trainer for t in method.terms if get_loss(t.loss).trainer}
+    needed = set(wanted.values())
+    if len(needed) > 1:
+        raise LossError(f"method {method.name!r} combines terms needing different trainers: {wanted}; use one of them")
+    if name == "auto":
+        return needed.pop() if needed else "standard"
+    if needed and name not in needed:
+        term, trainer = next(iter(wanted.items()))
+        raise LossError(
+            f"term {term!r} of method {method.name!r} needs trainer {trainer!r}, but the config says trainer={name!r}; "
+            f"set trainer={trainer} or auto"
+        )
+    return name
+
+
+def get_trainer(name: str, method: Method) -> StepBuilder:
+    """The step builder of :func:`resolve_trainer` ``(name, method)``."""
+    return TRAINERS[resolve_trainer(name, method)]
