@@ -12,7 +12,7 @@ alignment baselines, compression (pruning, int8, QAT) and distillation.  See doc
 ``quantization``       int8 per-channel PTQ, fake quantisation with a straight-through gradient
 ``size``               storage bytes of dense, sparse and quantised parameters
 ``student``            :func:`distill` a teacher into a student
-``subspace``           subspace alignment and TCA on feature arrays
+``subspace``           subspace alignment, TCA and CORAL feature transforms on feature arrays
 =====================  ====================================================================
 """
 
@@ -21,13 +21,14 @@ from da_framework.transfer.pruning import gradual_pruning, keep_masks, magnitude
 from da_framework.transfer.quantization import dequantize_params, fake_quant, fake_quantize_params, quantize, quantize_params
 from da_framework.transfer.saving import restore_model, save_model
 from da_framework.transfer.size import storage_bytes
-from da_framework.transfer.subspace import subspace_alignment, tca
+from da_framework.transfer.subspace import coral, subspace_alignment, tca
 from da_framework.transfer.weights import TransferEntry, TransferError, TransferReport, flatten, transfer_params, unflatten
 
 __all__ = [
     "TransferEntry",
     "TransferError",
     "TransferReport",
+    "coral",
     "dequantize_params",
     "discriminative_lr",
     "fake_quant",
