@@ -100,18 +100,24 @@ def voc_record(record: Record, label_id: int, image_size: int, max_boxes: int) -
     """
     boxes, labels, difficult = voc_objects(record)
     match = labels == label_id
-    kept = boxes[match][:max_boxes]
-    k = len(kept)
+    image = preprocess_image(record["image"], image_size, 3)
+    return boxes_record(image, boxes[match][:max_boxes], difficult[match][:max_boxes], max_boxes, bool(match.any()))
+
+
+def boxes_record(image: np.ndarray, boxes: np.ndarray, difficult: np.ndarray, max_boxes: int, present: bool) -> Record:
+    """A record of an image and its first ``len(boxes) <= max_boxes`` boxes, zero-padded to
+    ``max_boxes`` with a ``box_mask``; ``label`` is ``present`` as int32."""
+    k = len(boxes)
     out_boxes = np.zeros((max_boxes, 4), dtype=np.float32)
-    out_boxes[:k] = kept
+    out_boxes[:k] = boxes
     out_difficult = np.zeros((max_boxes,), dtype=bool)
-    out_difficult[:k] = difficult[match][:max_boxes]
+    out_difficult[:k] = difficult
     return {
-        "image": preprocess_image(record["image"], image_size, 3),
+        "image": image,
         "boxes": out_boxes,
         "box_mask": np.arange(max_boxes) < k,
         "is_difficult": out_difficult,
-        "label": np.int32(match.any()),
+        "label": np.int32(present),
     }
 
 

@@ -32,7 +32,7 @@ import functools
 import numpy as np
 
 from da_framework.data.catalog import open_tfds_splits, preprocess_image
-from da_framework.data.voc2007 import VOC_CLASS_NAMES, FilteredSource, contains_label, voc_objects
+from da_framework.data.voc2007 import VOC_CLASS_NAMES, FilteredSource, boxes_record, contains_label, voc_objects
 from da_framework.data.domain import ArraySource, Domain, DomainError, MappedSource, RandomAccessSource, Record
 
 YEARS = {
@@ -81,18 +81,7 @@ def voc_detection_record(
         kept = kept * np.array([fy, fx, fy, fx], np.float32)
     else:
         image = preprocess_image(record["image"], image_size, 3)
-    k = len(kept)
-    out_boxes = np.zeros((max_boxes, 4), np.float32)
-    out_boxes[:k] = kept
-    out_difficult = np.zeros((max_boxes,), bool)
-    out_difficult[:k] = kept_difficult
-    return {
-        "image": image,
-        "boxes": out_boxes,
-        "box_mask": np.arange(max_boxes) < k,
-        "is_difficult": out_difficult,
-        "label": np.int32(match.any()),
-    }
+    return boxes_record(image, kept, kept_difficult, max_boxes, bool(match.any()))
 
 
 def voc_detection_domain(
