@@ -123,6 +123,10 @@ def test_compare_metrics_hand_cases():
     diffs = compare_metrics({"a": 1.0, "b": [0.5]}, {"a": 1.0 + 1e-9, "c": 2})
     assert diffs == ["a: recorded 1.0, rerun 1.000000001 (diff +1e-09)", "b[0]: only in recorded", "c: only in rerun"]
     assert compare_metrics({"a": 1.0}, {"a": 1.0 + 1e-9}, atol=1e-6) == []
+    # differences in step order: history[2] is listed before history[10] (not string order)
+    rec = {"history": [{"loss": float(i)} for i in range(12)]}
+    new = {"history": [{"loss": float(i) + (i in (2, 10))} for i in range(12)]}
+    assert [d.split(":")[0] for d in compare_metrics(rec, new)] == ["history[2].loss", "history[10].loss"]
 
 
 def test_reproduce_detects_match_and_mismatch(tmp_path):

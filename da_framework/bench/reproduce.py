@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,17 +26,23 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
+def natural_key(key: str) -> list[Any]:
+    """Sort key that orders the digit runs of ``key`` as numbers (``history[2]`` < ``history[10]``)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
 def compare_metrics(recorded: Mapping[str, Any], new: Mapping[str, Any], atol: float = 0.0) -> list[str]:
     """Differences between two (nested) metric dicts; empty when they match.
 
     Numbers match when ``|a - b| <= atol`` (``atol=0``: exactly); NaN matches NaN.
-    Returns one human-readable line per differing or missing entry.
+    Returns one human-readable line per differing or missing entry, in natural order
+    (``history[2]`` before ``history[10]``), so the first line is the first step that differs.
     """
     a, b = {}, {}
     _flatten("", recorded, a)
     _flatten("", new, b)
     out = []
-    for key in sorted(set(a) | set(b)):
+    for key in sorted(set(a) | set(b), key=natural_key):
         if key not in a or key not in b:
             out.append(f"{key}: only in {'recorded' if key in a else 'rerun'}")
             continue
