@@ -139,12 +139,12 @@ def make_train_step(
     def loss_fn(params, state, source_batch, target_batch, key):
         k_model, k_loss = jax.random.split(key)
         xs, xt = source_batch[input_key], target_batch[input_key]
-        n_s = xs.shape[0]
+        n_s, joint = xs.shape[0], jnp.concatenate([xs, xt])
         variables = {"params": lower(params["model"]), **state.model_state}
         mutable = list(state.model_state)
         out = model.apply(
             variables,
-            lower(jnp.concatenate([xs, xt])),
+            lower(joint),
             train=True,
             rngs={"dropout": k_model},
             mutable=mutable if mutable else False,
@@ -157,7 +157,7 @@ def make_train_step(
         apply_model = make_apply_model(model, state.model_state, k_model, lower, to_f32)
         domains = ()
         if num_sources > 1 or num_targets > 1:
-            domains = domain_views(feats, logits, jnp.concatenate([xs, xt]), source_batch["label"], n_s,
+            domains = domain_views(feats, logits, joint, source_batch["label"], n_s,
                                    num_sources, num_targets)
         inputs = LossInputs(
             source_features=feats[:n_s],

@@ -36,7 +36,8 @@ def resolve_trainer(name: str, method: Method) -> str:
     """
     if name != "auto" and name not in TRAINERS:
         raise LossError(f"unknown trainer {name!r}; valid: auto, {', '.join(TRAINERS)}")
-    wanted = {t.key: get_loss(t.loss).trainer for t in method.terms if get_loss(t.loss).trainer}
+    declared = {t.key: get_loss(t.loss).trainer for t in method.terms}
+    wanted = {key: trainer for key, trainer in declared.items() if trainer}
     needed = set(wanted.values())
     if len(needed) > 1:
         raise LossError(f"method {method.name!r} combines terms needing different trainers: {wanted}; use one of them")
