@@ -78,6 +78,8 @@ BUILTIN_DOMAIN_MODULES = (
     "da_framework.data.text_synthetic",
     "da_framework.data.voc2007",
     "da_framework.data.amazon_reviews",
+    "da_framework.data.dg_mnist",
+    "da_framework.data.dg_digits",
     "da_framework.detection.synthetic",
 )
 
