@@ -11,6 +11,7 @@ from da_framework.errors import UserError
 from da_framework.models.classifier import Classifier
 from da_framework.models.lenet import LeNet, lenet_tllib
 from da_framework.models.mlp import MLP
+from da_framework.models.mnist_cnn import MNISTCNN
 from da_framework.models.resnet import ResNet8, ResNet18, ResNet20, ResNet50
 from da_framework.models.text import BiLSTM, TextCNN
 from da_framework.models.vit import ViTB16, ViTTiny
@@ -19,6 +20,7 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mlp": (MLP, "2-layer MLP (256, 256) on flattened inputs"),
     "lenet": (LeNet, "LeNet CNN for digits: conv20-conv50-dense500"),
     "lenet_tllib": (lenet_tllib, "tllib's digits LeNet: VALID convs, Dropout2d 0.5, 800 -> 500, Dropout 0.5"),
+    "mnist_cnn": (MNISTCNN, "DomainBed's MNIST_CNN: 4 convs 64-128-128-128 with ReLU + GroupNorm(8), mean-pool, 128 features"),
     "resnet8": (ResNet8, "CIFAR-style ResNet-8, width 16"),
     "resnet20": (ResNet20, "CIFAR-style ResNet-20, width 16"),
     "resnet18": (ResNet18, "ImageNet-style ResNet-18"),
