@@ -98,10 +98,10 @@ def _reference_step(spec: LocalTraining) -> Callable[..., tuple[Params, optax.Op
             inputs = LossInputs(
                 source_features=feats_w, target_features=feats_w, source_logits=logits_w, target_logits=logits_w,
                 source_labels=jnp.zeros(x_wrapped.shape[0], jnp.int32), progress=progress, key=k_loss,
-                source_inputs=x_wrapped, target_inputs=x_wrapped, params=params, extras={},
+                source_inputs=x_wrapped, target_inputs=x_wrapped, params=params,
                 apply_model=lambda p, xx, train=True: spec.model.apply({"params": p}, xx, train=False),
             )
-            total = total + spec.adaptation.loss({}, inputs)[0]
+            total = total + spec.adaptation.loss({}, {}, inputs).total
         logp = jax.nn.log_softmax(logits.astype(jnp.float32))
         ce = -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
         total = total + labeled * ce

@@ -48,3 +48,16 @@ def test_checkpoint_of_a_different_run_is_refused(tmp_path):
 def test_checkpoint_every_needs_a_dir():
     with pytest.raises(ConfigError, match="checkpoint_dir"):
         ExperimentConfig(checkpoint_every=5)
+
+
+def test_checkpoint_with_another_state_structure_is_a_one_line_error(tmp_path):
+    """A checkpoint of an older train-state layout ('extras' where 'term_states' is now) is refused clearly."""
+    import jax.numpy as jnp
+
+    from da_framework.train.checkpoint import open_checkpoints, restore_latest, save_checkpoint
+
+    config = ExperimentConfig(checkpoint_every=1, checkpoint_dir=str(tmp_path / "ck"))
+    manager = open_checkpoints(config)
+    save_checkpoint(manager, 1, {"step": jnp.ones(()), "extras": {"t": jnp.ones(3)}}, [], config)
+    with pytest.raises(ConfigError, match="does not fit this run's train state.*fresh checkpoint_dir"):
+        restore_latest(manager, {"step": jnp.ones(()), "term_states": {"t": jnp.ones(3)}}, config)

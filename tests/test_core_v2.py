@@ -106,7 +106,7 @@ def test_one_loss_twice_with_keys_sums_both_and_logs_both():
     rng = np.random.default_rng(2)
     f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)  # noqa: E731
     inputs = LossInputs(f(6, 4) + 1.0, f(6, 4), f(6, 3), f(6, 3), jnp.arange(6) % 3, jnp.zeros(()), jax.random.key(0))
-    total, parts = method.loss({}, inputs)
+    total, parts, _, _ = method.loss({}, {}, inputs)
     assert set(parts) == {"cross_entropy", "mmd_a", "mmd_b"}
     assert float(parts["mmd_a"]) != pytest.approx(float(parts["mmd_b"]))  # biased vs unbiased estimator
     expected = parts["cross_entropy"] + 0.3 * parts["mmd_a"] + 0.7 * parts["mmd_b"]
@@ -138,7 +138,7 @@ def test_tuple_hyper_parameter_from_the_cli(tmp_path):
     assert len(methods) == 2, methods
     with pytest.raises(LossError, match="alphas must be a non-empty tuple"):
         parse_method("cross_entropy + mmd(alphas=())").loss(
-            {}, LossInputs(*(jnp.ones((4, 2)),) * 4, jnp.zeros(4, jnp.int32), jnp.zeros(()), jax.random.key(0)))
+            {}, {}, LossInputs(*(jnp.ones((4, 2)),) * 4, jnp.zeros(4, jnp.int32), jnp.zeros(()), jax.random.key(0)))
 
 
 def test_mcd_with_fixmatch_trains():

@@ -40,7 +40,7 @@ def test_adaptation_spec_validation():
     assert adaptation_method("0.1*entropy").terms[0].weight == 0.1
     with pytest.raises(LossError, match="cross_entropy"):
         adaptation_method("cross_entropy + entropy")
-    with pytest.raises(LossError, match="auxiliary"):
+    with pytest.raises(LossError, match="keeps state across steps"):
         adaptation_method("1.0*dann")
 
 

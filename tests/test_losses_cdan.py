@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from da_framework.losses.adversarial import domain_adversarial_loss
+from da_framework.losses.adversarial import DomainDiscriminator, domain_adversarial_loss
 from da_framework.losses.cdan import (
     conditional_features,
     entropy_weights,
@@ -146,8 +146,8 @@ def _inputs(n=8, d=6, k=3, seed=0):
 def test_registered_terms_through_method(name):
     inputs = _inputs()
     method = parse_method(f"cross_entropy + 1.0*{name}")
-    aux = method.init_aux(jax.random.key(1), inputs)
-    total, parts = method.loss(aux, inputs)
+    aux = method.init(jax.random.key(1), inputs)[0]
+    total, parts, _, _ = method.loss(aux, {}, inputs)
     assert 0.0 < float(parts[name]) < 5.0
     # the total is the source cross-entropy (float64 NumPy) plus 1.0 times the term
     ce = -np.mean(np.log(np_softmax(inputs.source_logits))[np.arange(8), np.asarray(inputs.source_labels)])
@@ -156,7 +156,7 @@ def test_registered_terms_through_method(name):
     # the discriminator saw the (d*k = 18)-wide multilinear map
     assert aux[name]["Dense_0"]["kernel"].shape[0] == 18
     # gradient reversal: the features' gradient is -lambda(p) times the plain discriminator-loss gradient
-    module = method.aux_modules()[name]
+    module = DomainDiscriminator()
 
     def plain(fs):
         h = conditional_features(jnp.concatenate([fs, inputs.target_features]),
@@ -165,7 +165,7 @@ def test_registered_terms_through_method(name):
         w = (entropy_weights(inputs.source_logits), entropy_weights(inputs.target_logits)) if name == "cdan_e" else (None, None)
         return weighted_domain_adversarial_loss(d[:8], d[8:], *w)
 
-    grad_term = jax.grad(lambda f: method.loss(aux, _replace(inputs, source_features=f))[1][name])(inputs.source_features)
+    grad_term = jax.grad(lambda f: method.loss(aux, {}, _replace(inputs, source_features=f))[1][name])(inputs.source_features)
     coeff = 2.0 / (1.0 + math.exp(-5.0)) - 1.0
     np.testing.assert_allclose(np.asarray(grad_term), -coeff * np.asarray(jax.grad(plain)(inputs.source_features)),
                                rtol=1e-4, atol=1e-7)
@@ -175,11 +175,11 @@ def test_registered_terms_through_method(name):
 def test_randomized_switch_in_term():
     inputs = _inputs()
     method = parse_method("cdan(randomized=True, random_dim=32)")
-    aux = method.init_aux(jax.random.key(1), inputs)
+    aux = method.init(jax.random.key(1), inputs)[0]
     assert aux["cdan"]["Dense_0"]["kernel"].shape[0] == 32
     with pytest.raises(LossError, match="randomized"):
         m = parse_method("cdan(randomized=maybe)")
-        m.init_aux(jax.random.key(1), inputs)
+        m.init(jax.random.key(1), inputs)[0]
 
 
 def _replace(inputs, **kw):

@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 from da_framework.config import ExperimentConfig
 from da_framework.losses.classification import cross_entropy
 from da_framework.losses.distillation import distillation_loss, smooth_one_hot, soft_cross_entropy
-from da_framework.losses.registry import LossError, LossInputs, get_loss
+from da_framework.losses.registry import LossError, LossInputs, TermState, get_loss
 from da_framework.train import train
 
 TINY = {
@@ -111,7 +111,7 @@ def test_bad_inputs():
         soft_cross_entropy(jnp.zeros((4, 3)), jnp.zeros((4, 2)))
 
 
-def _linear_inputs(params, extras, xt):
+def _linear_inputs(params, term_states, xt):
     def apply_model(p, x, train=True):
         del train
         return x @ p["head"]["kernel"] + p["head"]["bias"], x
@@ -128,32 +128,32 @@ def _linear_inputs(params, extras, xt):
         target_inputs=xt,
         source_inputs=xt,
         params=params,
-        extras=extras,
+        term_states=term_states,
         apply_model=apply_model,
     )
 
 
-def test_kd_teacher_term_prefers_teacher_params_and_stops_gradient():
+def test_kd_teacher_distils_its_anchor_or_another_terms_state_without_gradient_to_it():
     rng = np.random.default_rng(2)
     xt = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
     mk = lambda: {"head": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "bias": jnp.zeros(4)}}
     student, anchor, ema = mk(), mk(), mk()
     spec = get_loss("kd_teacher")
-    assert spec.init_extras(student) == {"anchor_params": student}
-    term = lambda ex: spec.fn(_linear_inputs(student, ex, xt), temperature=2.0)
+    # init keeps the model it is given (the start of training) as the anchor
+    term = spec.term(temperature=2.0)
+    assert term.init(jax.random.key(0), _linear_inputs(anchor, None, xt)).state is anchor
     s_logits = xt @ student["head"]["kernel"]
-    np.testing.assert_allclose(
-        term({"anchor_params": anchor}), distillation_loss(s_logits, xt @ anchor["head"]["kernel"]), rtol=1e-5
-    )
-    np.testing.assert_allclose(
-        term({"anchor_params": anchor, "teacher_params": ema}),
-        distillation_loss(s_logits, xt @ ema["head"]["kernel"]),
-        rtol=1e-5,
-    )
-    g = jax.grad(lambda ex: term(ex))({"anchor_params": anchor})
-    assert float(jnp.abs(g["anchor_params"]["head"]["kernel"]).sum()) == 0.0
-    with pytest.raises(LossError, match="no 'teacher_params' or 'anchor_params'"):
-        term({})
+    value, new_state, _ = term.apply(TermState(state=anchor), _linear_inputs(student, {"kd_teacher": anchor}, xt))
+    np.testing.assert_allclose(value, distillation_loss(s_logits, xt @ anchor["head"]["kernel"]), rtol=1e-5)
+    assert new_state is anchor
+    # teacher=<key>: another term's state (an EMA teacher) is the teacher
+    ema_term = spec.term(teacher="mean_teacher")
+    value = ema_term.apply(TermState(state=anchor), _linear_inputs(student, {"mean_teacher": ema}, xt))[0]
+    np.testing.assert_allclose(value, distillation_loss(s_logits, xt @ ema["head"]["kernel"]), rtol=1e-5)
+    g = jax.grad(lambda a: term.apply(TermState(state=a), _linear_inputs(student, {}, xt))[0])(anchor)
+    assert float(jnp.abs(g["head"]["kernel"]).sum()) == 0.0
+    with pytest.raises(LossError, match="no term keyed 'mean_teacher'"):
+        ema_term.apply(TermState(state=anchor), _linear_inputs(student, {}, xt))
 
 
 @pytest.mark.slow  # a real train() run: ~3 XLA compilations

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from da_framework.losses.mdd import margin_disparity_discrepancy
+from da_framework.losses.mdd import AdversarialHead, margin_disparity_discrepancy
 from da_framework.losses.registry import LossError, LossInputs
 from da_framework.train.method import parse_method
 
@@ -75,18 +75,18 @@ def test_registered_term_reverses_feature_gradient():
                         target_logits=a(6, 3), source_labels=jnp.zeros(6, jnp.int32), progress=jnp.asarray(1.0),
                         key=jax.random.key(0))
     method = parse_method("cross_entropy + 1.0*mdd")
-    aux = method.init_aux(jax.random.key(0), inputs)
+    aux = method.init(jax.random.key(0), inputs)[0]
     assert aux["mdd"]["Dense_1"]["kernel"].shape[-1] == 3  # one logit per class
-    module = method.aux_modules()["mdd"]
+    module = AdversarialHead()
 
     def plain(fs):
         adv = module.apply({"params": aux["mdd"]}, (jnp.concatenate([fs, inputs.target_features]),
                                                     jnp.concatenate([inputs.source_logits, inputs.target_logits])))
         return margin_disparity_discrepancy(inputs.source_logits, adv[:6], inputs.target_logits, adv[6:])
 
-    value = method.loss(aux, inputs)[1]["mdd"]
+    value = method.loss(aux, {}, inputs)[1]["mdd"]
     np.testing.assert_allclose(float(value), float(plain(inputs.source_features)), rtol=1e-5)
-    g = jax.grad(lambda f: method.loss(aux, dataclasses.replace(inputs, source_features=f))[1]["mdd"])(
+    g = jax.grad(lambda f: method.loss(aux, {}, dataclasses.replace(inputs, source_features=f))[1]["mdd"])(
         inputs.source_features)
     coeff = 0.1 * (2.0 / (1.0 + math.exp(-10.0)) - 1.0)
     np.testing.assert_allclose(np.asarray(g), -coeff * np.asarray(jax.grad(plain)(inputs.source_features)),

@@ -7,7 +7,7 @@ import pytest
 from jax.test_util import check_grads
 
 from da_framework.config import ExperimentConfig
-from da_framework.losses.registry import LossError, LossInputs, get_loss
+from da_framework.losses.registry import LossError, LossInputs, TermState, get_loss
 from da_framework.losses.regularizers import batch_spectral_shrinkage, delta_attention, feature_map_distance, l2_sp
 from da_framework.train import parse_method, train
 
@@ -167,7 +167,7 @@ def test_vmap_and_bfloat16():
     assert l2_sp(w, _params(rng2)).dtype == jnp.float32
 
 
-def test_registered_terms_read_anchor_extras():
+def test_registered_terms_read_their_anchor_state():
     rng = np.random.default_rng(6)
     w, w0 = _params(rng), _params(rng)
     x = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
@@ -189,23 +189,26 @@ def test_registered_terms_read_anchor_extras():
         source_inputs=x,
         target_inputs=x,
         params=w,
-        extras={"anchor_params": w0},
         apply_model=apply_model,
     )
-    assert get_loss("l2sp").init_extras(w) == {"anchor_params": w} == get_loss("delta").init_extras(w)
-    np.testing.assert_allclose(get_loss("l2sp").fn(inputs), l2_sp(w, w0), rtol=1e-6)
-    np.testing.assert_allclose(get_loss("l2sp").fn(inputs, new="head|backbone", beta=1.0), 0.5 * _np_sq(w), rtol=1e-5)
+
+    def value(name, **hp):  # the term on the anchor w0
+        return get_loss(name).term(**hp).apply(TermState(state=w0), inputs)[0]
+
+    # init keeps the parameters it is given (the start of training) as the anchor
+    assert get_loss("l2sp").term().init(jax.random.key(0), inputs).state is w
+    assert get_loss("delta").term().init(jax.random.key(0), inputs).state is w
+    np.testing.assert_allclose(value("l2sp"), l2_sp(w, w0), rtol=1e-6)
+    np.testing.assert_allclose(value("l2sp", new="head|backbone", beta=1.0), 0.5 * _np_sq(w), rtol=1e-5)
     _, f0 = apply_model(w0, x)
-    np.testing.assert_allclose(get_loss("delta").fn(inputs), np_fm(feats, f0), rtol=1e-5)
+    np.testing.assert_allclose(value("delta"), np_fm(feats, f0), rtol=1e-5)
     att = delta_attention(f0, w0["head"]["kernel"], w0["head"]["bias"], labels)
-    np.testing.assert_allclose(
-        get_loss("delta").fn(inputs, attention="head"), np_fm(feats, f0, np.asarray(att)), rtol=1e-5
-    )
+    np.testing.assert_allclose(value("delta", attention="head"), np_fm(feats, f0, np.asarray(att)), rtol=1e-5)
     np.testing.assert_allclose(get_loss("bss").fn(inputs, domain="both"), 2 * np_bss(feats, 1), rtol=1e-4, atol=1e-6)
-    with pytest.raises(LossError, match="no 'anchor_params'"):
-        get_loss("l2sp").fn(LossInputs(**{**inputs.__dict__, "extras": {}}))
+    with pytest.raises(LossError, match="needs the model parameters"):
+        get_loss("l2sp").term().init(jax.random.key(0), LossInputs(**{**inputs.__dict__, "params": None}))
     with pytest.raises(LossError, match="unknown attention"):
-        get_loss("delta").fn(inputs, attention="spatial")
+        parse_method("cross_entropy + delta(attention=spatial)")
 
 
 def test_presets_parse():
@@ -223,5 +226,5 @@ def test_end_to_end_regularizers_train():
         np.isfinite(h[k]) for h in logs for k in ("loss", "loss/l2sp", "loss/delta", "loss/bss")
     )
     assert abs(logs[0]["loss/delta"]) < 1e-6 and logs[-1]["loss/delta"] > 0
-    head0 = r.state.extras["anchor_params"]["head"]
+    head0 = r.state.term_states["l2sp"]["head"]
     np.testing.assert_allclose(logs[0]["loss/l2sp"], 0.5 * 0.01 * _np_sq(head0), rtol=1e-4)

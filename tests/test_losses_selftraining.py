@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from da_framework.losses.fixmatch import confidence_mask, fixmatch_loss
-from da_framework.losses.mean_teacher import consistency_loss, ema_update, make_teacher_update
+from da_framework.losses.mean_teacher import consistency_loss, ema_update
 from da_framework.losses.registry import LossError
 from da_framework.models.registry import make_model
 from da_framework.train.method import parse_method
@@ -65,13 +65,14 @@ def test_ema_update_exact():
     np.testing.assert_allclose(np.asarray(out["w"]), [1.5, 1.5])
     np.testing.assert_allclose(float(out["b"]), 3.0)
     with pytest.raises(LossError, match="decay"):
-        make_teacher_update(1.5)
+        parse_method("cross_entropy + mean_teacher(decay=1.5)")
 
 
 @pytest.mark.parametrize(
     "spec",
     [
         "cross_entropy + 1.0*mean_teacher",
+        "cross_entropy + 1.0*mean_teacher(decay=0.9)",  # the EMA decay is a hyper-parameter
         pytest.param("cross_entropy + 1.0*fixmatch(threshold=0.0)", marks=pytest.mark.slow),  # compiles strong_augment
     ],
 )
@@ -101,11 +102,12 @@ def test_teacher_in_state_and_step_runs(spec):
     # consistency is positive; a mean of squared softmax differences is at most 2 / k
     assert 0.0 < float(metrics["loss/mean_teacher"]) <= 2.0 / 3.0
     p0, p1 = state.params["model"], new.params["model"]
-    expected = jax.tree.map(lambda a, b: 0.99 * a + 0.01 * b, state.extras["teacher_params"], p1)
+    d = dict(method.terms[1].hparams).get("decay", 0.99)
+    expected = jax.tree.map(lambda a, b: d * a + (1 - d) * b, state.term_states["mean_teacher"], p1)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7),
-                 new.extras["teacher_params"], expected)
+                 new.term_states["mean_teacher"], expected)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 state.extras["teacher_params"], p0)  # the teacher starts as the student
+                 state.term_states["mean_teacher"], p0)  # the teacher starts as the student
     assert not np.allclose(np.asarray(jax.tree.leaves(p0)[0]), np.asarray(jax.tree.leaves(p1)[0]))
 
 

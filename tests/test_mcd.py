@@ -8,7 +8,7 @@ import pytest
 
 from da_framework.config import ExperimentConfig
 from da_framework.data import get_domain
-from da_framework.losses.mcd import classifier_discrepancy
+from da_framework.losses.mcd import SecondClassifier, classifier_discrepancy
 from da_framework.losses.registry import LossError
 from da_framework.methods.mcd import classifier_mask, make_mcd_step, masked_update
 from da_framework.models.registry import make_model
@@ -111,7 +111,7 @@ def test_mcd_step_updates_everything_once(setup):
     # step B's discrepancy is measured at the parameters after step A: NumPy softmaxes of F1, F2 there
     params_a = plain.params
     logits, feats = model.apply({"params": params_a["model"]}, jnp.concatenate([xs, xt]), train=True)
-    logits2 = method.aux_modules()["mcd"].apply({"params": params_a["aux"]["mcd"]}, (feats, logits))
+    logits2 = SecondClassifier().apply({"params": params_a["aux"]["mcd"]}, (feats, logits))
     p1, p2 = (_np_softmax(z[len(xs):]) for z in (logits, logits2))
     np.testing.assert_allclose(metrics["loss/mcd_discrepancy_b"], np.mean(np.abs(p1 - p2)), rtol=1e-5)
     with pytest.raises(LossError, match="no 'mcd' term"):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from da_framework.losses import LossError, LossInputs, cross_entropy, mk_mmd, register_loss
+from da_framework.losses import DomainDiscriminator, LossError, LossInputs, cross_entropy, mk_mmd, register_loss
 from da_framework.train.method import PRESETS, parse_method
 
 
@@ -39,7 +39,7 @@ def test_spec_round_trip():
 
 def test_weighted_sum_matches_hand_computation():
     inputs = _inputs(progress=0.5)
-    total, parts = parse_method("cross_entropy + 0.5*mmd@linear").loss({}, inputs)
+    total, parts, _, _ = parse_method("cross_entropy + 0.5*mmd@linear").loss({}, {}, inputs)
     ce = cross_entropy(inputs.source_logits, inputs.source_labels)
     mmd = mk_mmd(inputs.source_features, inputs.target_features)
     np.testing.assert_allclose(total, ce + 0.5 * 0.5 * mmd, rtol=1e-6)
@@ -67,7 +67,7 @@ def test_registered_loss_is_usable_by_name():
         return jnp.sum(jnp.abs(inputs.source_features.mean(0) - inputs.target_features.mean(0)) ** power)
 
     inputs = _inputs()
-    _, parts = parse_method("cross_entropy + test_mean_gap(power=1.0)").loss({}, inputs)
+    _, parts, _, _ = parse_method("cross_entropy + test_mean_gap(power=1.0)").loss({}, {}, inputs)
     ref = np.abs(np.mean(inputs.source_features, 0) - np.mean(inputs.target_features, 0)).sum()
     np.testing.assert_allclose(parts["test_mean_gap"], ref, rtol=1e-6)
 
@@ -80,12 +80,12 @@ def _np_domain_bce(s: np.ndarray, t: np.ndarray) -> float:
 def test_dann_aux_parameters_are_created_and_used():
     method = parse_method("dann")
     inputs = _inputs()
-    aux = method.init_aux(jax.random.key(1), inputs)
+    aux = method.init(jax.random.key(1), inputs)[0]
     assert set(aux) == {"dann"}
     inputs = dataclasses.replace(inputs, progress=jnp.asarray(1.0))
-    total, parts = method.loss(aux, inputs)
+    total, parts, _, _ = method.loss(aux, {}, inputs)
     # the term is the BCE of the discriminator built from these aux parameters, on both domains' features
-    disc = method.aux_modules()["dann"]
+    disc = DomainDiscriminator()
     s = np.asarray(disc.apply({"params": aux["dann"]}, inputs.source_features), np.float64)
     t = np.asarray(disc.apply({"params": aux["dann"]}, inputs.target_features), np.float64)
     np.testing.assert_allclose(parts["dann"], _np_domain_bce(s, t), rtol=1e-5)
@@ -94,8 +94,8 @@ def test_dann_aux_parameters_are_created_and_used():
     # other aux parameters give another loss: an all-zero discriminator outputs logit 0, loss log 2;
     # shifting its output bias by b gives (softplus(-b) + softplus(b)) / 2
     zero = jax.tree.map(jnp.zeros_like, aux)
-    assert float(method.loss(zero, inputs)[1]["dann"]) == pytest.approx(np.log(2.0), rel=1e-6)
+    assert float(method.loss(zero, {}, inputs)[1]["dann"]) == pytest.approx(np.log(2.0), rel=1e-6)
     last = next(k for k, layer in zero["dann"].items() if layer["bias"].shape == (1,))  # the output layer
     shifted = {"dann": {**zero["dann"], last: {**zero["dann"][last], "bias": jnp.full((1,), 2.0)}}}
     expected = _np_domain_bce(np.array([2.0]), np.array([2.0]))
-    assert float(method.loss(shifted, inputs)[1]["dann"]) == pytest.approx(expected, rel=1e-6)
+    assert float(method.loss(shifted, {}, inputs)[1]["dann"]) == pytest.approx(expected, rel=1e-6)

@@ -44,9 +44,9 @@ def adaptation_method(spec: str | None) -> Method | None:
                 "the adaptation spec must not contain cross_entropy: labelled clients always add the masked "
                 "supervised loss; write only the extra terms, e.g. '0.1*entropy'"
             )
-        if get_loss(term.loss).aux_module is not None or get_loss(term.loss).init_extras is not None:
+        if get_loss(term.loss).stateful:
             raise LossError(
-                f"loss {term.loss!r} needs an auxiliary network or train-state extras, which the federated "
+                f"loss {term.loss!r} keeps state across steps (a discriminator, a teacher), which the federated "
                 "engine does not keep; use a loss of the client's own batch (e.g. entropy)"
             )
     return method

@@ -202,10 +202,10 @@ def client_objective(
         inputs = LossInputs(
             source_features=feats, target_features=feats, source_logits=logits, target_logits=logits,
             source_labels=y, progress=progress, key=k_loss, source_inputs=x, target_inputs=x,
-            params=params, extras={},
+            params=params,
             apply_model=lambda p, xx, train=True: spec.model.apply({"params": p}, xx, train=False),
         )
-        adapt, _ = spec.adaptation.loss({}, inputs)
+        adapt = spec.adaptation.loss({}, {}, inputs).total
         total = total + adapt
     return total, ce
 

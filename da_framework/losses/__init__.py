@@ -12,9 +12,12 @@ from da_framework.losses.registry import (
     LossError,
     LossInputs,
     LossSpec,
+    StatefulTerm,
+    TermState,
     get_loss,
     loss_specs,
     register_loss,
+    register_stateful_loss,
 )
 
 __all__ = [
@@ -22,6 +25,8 @@ __all__ = [
     "LossError",
     "LossInputs",
     "LossSpec",
+    "StatefulTerm",
+    "TermState",
     "cross_entropy",
     "dann_ramp",
     "domain_adversarial_loss",
@@ -30,4 +35,5 @@ __all__ = [
     "loss_specs",
     "mk_mmd",
     "register_loss",
+    "register_stateful_loss",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from da_framework.losses.checks import check_feature_pair
-from da_framework.losses.registry import LossError, LossInputs, register_loss
+from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, TermState, register_stateful_loss
 
 
 @partial(jax.custom_vjp, nondiff_argnums=())
@@ -90,19 +91,27 @@ class DomainDiscriminator(nn.Module):
         return nn.Dense(1)(x)[:, 0]
 
 
-@register_loss(
+@register_stateful_loss(
     "dann",
     description="domain-adversarial loss through gradient reversal, DANN ramp on lambda",
     reference="Ganin et al., 'Domain-Adversarial Training of Neural Networks', JMLR 2016",
-    aux_module=DomainDiscriminator,
 )
-def dann_term(inputs: LossInputs, gamma: float = 10.0, max_coeff: float = 1.0) -> jax.Array:
-    """DANN: the discriminator loss on gradient-reversed source and target features."""
-    if inputs.aux is None:
-        raise LossError("dann needs its domain discriminator (aux network); use it through a Method")
-    check_feature_pair(inputs.source_features, inputs.target_features, "dann")
-    coeff = max_coeff * dann_ramp(inputs.progress, gamma)
-    n_s = inputs.source_features.shape[0]
-    feats = gradient_reversal(jnp.concatenate([inputs.source_features, inputs.target_features]), coeff)
-    logits = inputs.aux(feats)
-    return domain_adversarial_loss(logits[:n_s], logits[n_s:])
+def dann_term(gamma: float = 10.0, max_coeff: float = 1.0) -> StatefulTerm:
+    """DANN: the discriminator (the term's parameters) on gradient-reversed source and target features.
+
+    The reversal coefficient follows DANN's ramp ``max_coeff * (2 / (1 + exp(-gamma p)) - 1)``.
+    """
+    discriminator = DomainDiscriminator()
+
+    def init(key: jax.Array, inputs: LossInputs) -> TermState:
+        return TermState(params=discriminator.init(key, inputs.source_features)["params"])
+
+    def apply(term_state: TermState, inputs: LossInputs) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+        check_feature_pair(inputs.source_features, inputs.target_features, "dann")
+        coeff = max_coeff * dann_ramp(inputs.progress, gamma)
+        n_s = inputs.source_features.shape[0]
+        feats = gradient_reversal(jnp.concatenate([inputs.source_features, inputs.target_features]), coeff)
+        logits = discriminator.apply({"params": term_state.params}, feats)
+        return domain_adversarial_loss(logits[:n_s], logits[n_s:]), term_state.state, {}
+
+    return StatefulTerm(init, apply)

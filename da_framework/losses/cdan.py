@@ -28,7 +28,7 @@ import optax
 from da_framework.losses.adversarial import DomainDiscriminator, dann_ramp, gradient_reversal
 from da_framework.losses.checks import check_batch, check_feature_pair, compute_dtype
 from da_framework.losses.entropy import prediction_entropy
-from da_framework.losses.registry import LossError, LossInputs, register_loss
+from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, TermState, register_stateful_loss
 
 RANDOMIZED_THRESHOLD = 4096
 """Use the randomized map when d * k exceeds this (Long et al. 2018, Sec. 3.2)."""
@@ -193,65 +193,71 @@ def _parse_randomized(value: bool | str | None) -> bool | None:
     raise LossError(f"cdan: randomized must be True, False or 'auto', got {value!r}")
 
 
-def _cdan(inputs: LossInputs, entropy: bool, name: str, **hp: Any) -> jax.Array:
-    if inputs.aux is None:
-        raise LossError(f"{name} needs its domain discriminator (aux network); use it through a Method")
-    check_feature_pair(inputs.source_features, inputs.target_features, name)
-    check_feature_pair(inputs.source_logits, inputs.target_logits, name)
-    n_s = inputs.source_features.shape[0]
-    feats = jnp.concatenate([inputs.source_features, inputs.target_features])
-    logits = jnp.concatenate([inputs.source_logits, inputs.target_logits])
-    h = conditional_features(
-        feats,
-        logits,
-        randomized=_parse_randomized(hp["randomized"]),
-        threshold=hp["threshold"],
-        random_dim=hp["random_dim"],
-        map_key=jax.random.key(hp["map_seed"]),
-    )
-    coeff = hp["max_coeff"] * dann_ramp(inputs.progress, hp["gamma"])
-    d_logits = inputs.aux(gradient_reversal(h, coeff))
-    ws = wt = None
-    if entropy:
-        ws, wt = entropy_weights(inputs.source_logits), entropy_weights(inputs.target_logits)
-    return weighted_domain_adversarial_loss(d_logits[:n_s], d_logits[n_s:], ws, wt)
+def _cdan(entropy: bool, name: str, **hp: Any) -> StatefulTerm:
+    """CDAN's term: a domain discriminator (the term's parameters) on conditioned, reversed features."""
+    discriminator = DomainDiscriminator()
+    randomized = _parse_randomized(hp["randomized"])
+
+    def conditioned(inputs: LossInputs) -> jax.Array:
+        feats = jnp.concatenate([inputs.source_features, inputs.target_features])
+        logits = jnp.concatenate([inputs.source_logits, inputs.target_logits])
+        return conditional_features(
+            feats,
+            logits,
+            randomized=randomized,
+            threshold=hp["threshold"],
+            random_dim=hp["random_dim"],
+            map_key=jax.random.key(hp["map_seed"]),
+        )
+
+    def init(key: jax.Array, inputs: LossInputs) -> TermState:
+        return TermState(params=discriminator.init(key, conditioned(inputs))["params"])
+
+    def apply(term_state: TermState, inputs: LossInputs) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+        check_feature_pair(inputs.source_features, inputs.target_features, name)
+        check_feature_pair(inputs.source_logits, inputs.target_logits, name)
+        n_s = inputs.source_features.shape[0]
+        coeff = hp["max_coeff"] * dann_ramp(inputs.progress, hp["gamma"])
+        d_logits = discriminator.apply({"params": term_state.params}, gradient_reversal(conditioned(inputs), coeff))
+        ws = wt = None
+        if entropy:
+            ws, wt = entropy_weights(inputs.source_logits), entropy_weights(inputs.target_logits)
+        return weighted_domain_adversarial_loss(d_logits[:n_s], d_logits[n_s:], ws, wt), term_state.state, {}
+
+    return StatefulTerm(init, apply)
 
 
-@register_loss(
+@register_stateful_loss(
     "cdan",
     description="conditional domain-adversarial loss on the multilinear map f (x) softmax(g) (CDAN)",
     reference="Long et al., 'Conditional Adversarial Domain Adaptation', NeurIPS 2018",
-    aux_module=DomainDiscriminator,
 )
 def cdan_term(
-    inputs: LossInputs,
     gamma: float = 10.0,
     max_coeff: float = 1.0,
     randomized: bool | str = "auto",
     threshold: int = RANDOMIZED_THRESHOLD,
     random_dim: int = 1024,
     map_seed: int = 0,
-) -> jax.Array:
+) -> StatefulTerm:
     """CDAN (Eq. 6-7): DANN's loss on multilinear-conditioned, gradient-reversed features."""
     hp = dict(gamma=gamma, max_coeff=max_coeff, randomized=randomized, threshold=threshold, random_dim=random_dim)
-    return _cdan(inputs, False, "cdan", map_seed=map_seed, **hp)
+    return _cdan(False, "cdan", map_seed=map_seed, **hp)
 
 
-@register_loss(
+@register_stateful_loss(
     "cdan_e",
     description="CDAN with entropy conditioning: examples weighted by 1 + exp(-H(g)) (CDAN+E)",
     reference="Long et al., 'Conditional Adversarial Domain Adaptation', NeurIPS 2018",
-    aux_module=DomainDiscriminator,
 )
 def cdan_e_term(
-    inputs: LossInputs,
     gamma: float = 10.0,
     max_coeff: float = 1.0,
     randomized: bool | str = "auto",
     threshold: int = RANDOMIZED_THRESHOLD,
     random_dim: int = 1024,
     map_seed: int = 0,
-) -> jax.Array:
+) -> StatefulTerm:
     """CDAN+E (Eq. 8): CDAN with per-domain normalised certainty weights."""
     hp = dict(gamma=gamma, max_coeff=max_coeff, randomized=randomized, threshold=threshold, random_dim=random_dim)
-    return _cdan(inputs, True, "cdan_e", map_seed=map_seed, **hp)
+    return _cdan(True, "cdan_e", map_seed=map_seed, **hp)

@@ -10,13 +10,11 @@
   Architecture for Computer Vision", CVPR 2016, sec. 7:  q = (1 - eps) onehot(y) + eps / k.
 
 The registered term ``kd_teacher`` transfers a teacher's predictions on the *target* batch to
-the student (teacher-to-student transfer across domains).  The teacher is
-``inputs.extras["teacher_params"]`` when another term keeps one there (e.g. an EMA mean
-teacher, or a hook that loads a trained source model), and otherwise
-``inputs.extras["anchor_params"]``: the model at the start of training, which this term's
-``init_extras`` hook stores (the same key L2-SP and DELTA use, so they share one copy).
-It is meaningful when training starts from a trained model (weight transfer); with a random
-initialisation and no teacher hook the teacher is that random model.
+the student (teacher-to-student transfer across domains).  The teacher is, by default, the
+model at the start of training, which the term keeps as its state; that is meaningful when
+training starts from a trained model (weight transfer); with a random initialisation the
+teacher is that random model.  ``kd_teacher(teacher=<key>)`` reads another term's state
+instead, e.g. ``mean_teacher``'s EMA teacher.
 """
 
 from __future__ import annotations
@@ -27,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from da_framework.losses.checks import check_batch, check_positive, compute_dtype
-from da_framework.losses.registry import LossError, LossInputs, register_loss
+from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, register_stateful_loss
+from da_framework.losses.regularizers import anchored_term
 
 
 def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
@@ -100,31 +99,26 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, temp
     return temperature**2 * jnp.mean(kl)
 
 
-def _anchor_extras(params: Any) -> dict[str, Any]:
-    """``init_extras`` hook: keep the initial model parameters as ``anchor_params``."""
-    return {"anchor_params": params}
-
-
-def teacher_params(inputs: LossInputs, term: str) -> Any:
-    """The teacher for ``term``: ``extras["teacher_params"]`` if kept, else ``extras["anchor_params"]``."""
-    extras = inputs.extras or {}
-    if "teacher_params" in extras:
-        return extras["teacher_params"]
-    if "anchor_params" in extras:
-        return extras["anchor_params"]
-    raise LossError(f"{term}: no 'teacher_params' or 'anchor_params' in the train state's extras")
-
-
-@register_loss(
+@register_stateful_loss(
     "kd_teacher",
     description="distil a teacher's softened target predictions into the model (T^2 KL)",
     reference="Hinton et al., 'Distilling the Knowledge in a Neural Network', NeurIPS-W 2015",
-    init_extras=_anchor_extras,
 )
-def kd_teacher_term(inputs: LossInputs, temperature: float = 2.0) -> jax.Array:
-    """KD on the target batch from the teacher (``teacher_params`` extras, else the initial model)."""
-    if inputs.apply_model is None or inputs.target_inputs is None:
-        raise LossError("kd_teacher: needs inputs.apply_model and inputs.target_inputs (set by the train step)")
-    teacher = jax.lax.stop_gradient(teacher_params(inputs, "kd_teacher"))
-    teacher_logits, _ = inputs.apply_model(teacher, inputs.target_inputs, train=False)
-    return distillation_loss(inputs.target_logits, jax.lax.stop_gradient(teacher_logits), temperature)
+def kd_teacher_term(temperature: float = 2.0, teacher: str = "anchor") -> StatefulTerm:
+    """KD on the target batch from the initial model (``teacher="anchor"``) or another term's state (its key)."""
+    check_positive(temperature, "temperature", "kd_teacher")
+
+    def loss(inputs: LossInputs, anchor: Any) -> jax.Array:
+        if inputs.apply_model is None or inputs.target_inputs is None:
+            raise LossError("kd_teacher: needs inputs.apply_model and inputs.target_inputs (set by the train step)")
+        states = inputs.term_states or {}
+        if teacher != "anchor" and teacher not in states:
+            raise LossError(
+                f"kd_teacher: no term keyed {teacher!r} keeps a state in this method (terms with state: "
+                f"{', '.join(sorted(states)) or 'none'}); write kd_teacher(teacher=<such a key>) or teacher=anchor"
+            )
+        params = jax.lax.stop_gradient(anchor if teacher == "anchor" else states[teacher])
+        teacher_logits, _ = inputs.apply_model(params, inputs.target_inputs, train=False)
+        return distillation_loss(inputs.target_logits, jax.lax.stop_gradient(teacher_logits), temperature)
+
+    return anchored_term(loss)

@@ -15,6 +15,7 @@ this term's auxiliary head.  As a plain term (step A), ``mcd`` is F2's source cr
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ import optax
 
 from da_framework.losses.checks import check_feature_pair, compute_dtype
 from da_framework.losses.mdd import AdversarialHead
-from da_framework.losses.registry import LossError, LossInputs, register_loss
+from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, TermState, register_stateful_loss
 
 SecondClassifier = partial(AdversarialHead, hidden=())
 """F2: a linear head on the features, like the model's own head F1 (called on (features, logits))."""
@@ -46,17 +47,31 @@ def classifier_discrepancy(logits1: jax.Array, logits2: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(p1 - p2))
 
 
-@register_loss(
+def second_classifier_logits(params: Any, features: jax.Array, logits: jax.Array) -> jax.Array:
+    """F2's logits (n, k) on ``features`` (n, d); ``logits`` (n, k) of F1 only fix k."""
+    return SecondClassifier().apply({"params": params}, (features, logits))
+
+
+@register_stateful_loss(
     "mcd",
     description="maximum classifier discrepancy: two heads, three-step schedule (custom step; here F2's source CE)",
     reference="Saito et al., 'Maximum Classifier Discrepancy for Unsupervised Domain Adaptation', CVPR 2018",
-    aux_module=SecondClassifier,
     trainer="mcd",
 )
-def mcd_term(inputs: LossInputs, num_k: int = 4, discrepancy_weight: float = 1.0) -> jax.Array:
-    """Source cross-entropy of the second classifier F2 (step A); the MCD step reads ``num_k`` and the weight."""
-    del num_k, discrepancy_weight  # read by da_framework.methods.mcd
-    if inputs.aux is None:
-        raise LossError("mcd needs its second classifier (aux network); use it through a Method")
-    logits2 = inputs.aux((inputs.source_features, inputs.source_logits))
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits2.astype(jnp.float32), inputs.source_labels))
+def mcd_term(num_k: int = 4, discrepancy_weight: float = 1.0) -> StatefulTerm:
+    """F2 (its parameters are the term's) and, as a term, F2's source cross-entropy (step A).
+
+    ``num_k`` and ``discrepancy_weight`` are read by the MCD trainer (:mod:`da_framework.methods.mcd`).
+    """
+    del num_k, discrepancy_weight
+
+    def init(key: jax.Array, inputs: LossInputs) -> TermState:
+        example = (inputs.source_features, inputs.source_logits)
+        return TermState(params=SecondClassifier().init(key, example)["params"])
+
+    def apply(term_state: TermState, inputs: LossInputs) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+        logits2 = second_classifier_logits(term_state.params, inputs.source_features, inputs.source_logits)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits2.astype(jnp.float32), inputs.source_labels)
+        return jnp.mean(ce), term_state.state, {}
+
+    return StatefulTerm(init, apply)

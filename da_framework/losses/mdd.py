@@ -23,6 +23,7 @@ up to 0.1 (DANN ramp times ``max_coeff``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,7 +32,7 @@ import optax
 
 from da_framework.losses.adversarial import dann_ramp, gradient_reversal
 from da_framework.losses.checks import check_feature_pair, check_positive, compute_dtype
-from da_framework.losses.registry import LossError, LossInputs, register_loss
+from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, TermState, register_stateful_loss
 
 
 def margin_disparity_discrepancy(
@@ -96,22 +97,26 @@ class AdversarialHead(nn.Module):
         return nn.Dense(logits.shape[-1])(h)
 
 
-@register_loss(
+@register_stateful_loss(
     "mdd",
     description="margin disparity discrepancy with an adversarial classifier head on reversed features (MDD)",
     reference="Zhang et al., 'Bridging Theory and Algorithm for Domain Adaptation', ICML 2019",
-    aux_module=AdversarialHead,
 )
-def mdd_term(inputs: LossInputs, margin: float = 4.0, gamma: float = 10.0, max_coeff: float = 0.1) -> jax.Array:
-    """MDD: the adversarial head minimises L_MDD; the features, through reversal, maximise it."""
-    if inputs.aux is None:
-        raise LossError("mdd needs its adversarial classifier head (aux network); use it through a Method")
-    check_feature_pair(inputs.source_features, inputs.target_features, "mdd")
-    n_s = inputs.source_features.shape[0]
-    coeff = max_coeff * dann_ramp(inputs.progress, gamma)
-    feats = gradient_reversal(jnp.concatenate([inputs.source_features, inputs.target_features]), coeff)
-    logits = jnp.concatenate([inputs.source_logits, inputs.target_logits])
-    adv = inputs.aux((feats, logits))
-    return margin_disparity_discrepancy(
-        inputs.source_logits, adv[:n_s], inputs.target_logits, adv[n_s:], margin=margin
-    )
+def mdd_term(margin: float = 4.0, gamma: float = 10.0, max_coeff: float = 0.1) -> StatefulTerm:
+    """MDD: the adversarial head (the term's parameters) minimises L_MDD; the features, through reversal, maximise it."""
+    head = AdversarialHead()
+
+    def init(key: jax.Array, inputs: LossInputs) -> TermState:
+        return TermState(params=head.init(key, (inputs.source_features, inputs.source_logits))["params"])
+
+    def apply(term_state: TermState, inputs: LossInputs) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+        check_feature_pair(inputs.source_features, inputs.target_features, "mdd")
+        n_s = inputs.source_features.shape[0]
+        coeff = max_coeff * dann_ramp(inputs.progress, gamma)
+        feats = gradient_reversal(jnp.concatenate([inputs.source_features, inputs.target_features]), coeff)
+        logits = jnp.concatenate([inputs.source_logits, inputs.target_logits])
+        adv = head.apply({"params": term_state.params}, (feats, logits))
+        loss = margin_disparity_discrepancy(inputs.source_logits, adv[:n_s], inputs.target_logits, adv[n_s:], margin=margin)
+        return loss, term_state.state, {}
+
+    return StatefulTerm(init, apply)

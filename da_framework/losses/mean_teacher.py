@@ -15,13 +15,13 @@ over examples and classes, Tarvainen's consistency cost J):
 
     J = (1 / (n k)) sum_i || softmax(f_theta(x_i + eta)) - softmax(f_theta'(x_i + eta')) ||^2.
 
-The teacher lives in ``extras["teacher_params"]`` (created by ``init_extras``, moved by
-``update_extras`` after every optimiser step), where ``kd_teacher`` can also read it.
+The teacher is the term's state (a copy of the initial student, moved by the term's
+``update`` after every optimiser step with the hyper-parameter ``decay``); ``kd_teacher``
+can read it (``kd_teacher(teacher=mean_teacher)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,10 +29,10 @@ import jax.numpy as jnp
 
 from da_framework.data.augment import gaussian_noise, weak_augment
 from da_framework.losses.checks import check_feature_pair, compute_dtype
-from da_framework.losses.registry import LossError, LossInputs, register_loss
+from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, TermState, register_stateful_loss
 
 EMA_DECAY = 0.99
-"""alpha of the registered ``mean_teacher`` term (French et al. 2018 use 0.99)."""
+"""The default alpha of the ``mean_teacher`` term (French et al. 2018 use 0.99)."""
 
 
 def ema_update(teacher: Any, student: Any, decay: float | jax.Array) -> Any:
@@ -59,49 +59,44 @@ def consistency_loss(student_logits: jax.Array, teacher_logits: jax.Array) -> ja
     return jnp.mean((p - q) ** 2)
 
 
-def teacher_extras(params: Any) -> dict[str, Any]:
-    """``init_extras`` hook: the teacher starts as a copy of the initial student."""
-    return {"teacher_params": jax.tree.map(jnp.asarray, params)}
-
-
-def make_teacher_update(decay: float = EMA_DECAY) -> Callable[[dict[str, Any], Any, jax.Array], dict[str, Any]]:
-    """An ``update_extras`` hook moving ``extras["teacher_params"]`` towards the new student by EMA.
-
-    Register a variant with another decay in one line, e.g.
-    ``register_loss("mean_teacher_999", ..., init_extras=teacher_extras,
-    update_extras=make_teacher_update(0.999))(mean_teacher_term)``.
-    """
-    if not 0.0 <= decay <= 1.0:
-        raise LossError(f"mean_teacher: EMA decay must be in [0, 1], got {decay}")
-
-    def update(extras: dict[str, Any], params: Any, progress: jax.Array) -> dict[str, Any]:
-        del progress
-        return {"teacher_params": ema_update(extras["teacher_params"], params, decay)}
-
-    return update
-
-
-@register_loss(
+@register_stateful_loss(
     "mean_teacher",
     description="consistency of student and EMA-teacher softmaxes on perturbed target views (mean teacher)",
     reference="Tarvainen & Valpola, NeurIPS 2017; French et al., 'Self-ensembling for visual domain adaptation', "
     "ICLR 2018",
-    init_extras=teacher_extras,
-    update_extras=make_teacher_update(EMA_DECAY),
 )
-def mean_teacher_term(inputs: LossInputs, pad: int = 2, noise_std: float = 0.05) -> jax.Array:
-    """Consistency between the student and the EMA teacher on two perturbed views of the target batch."""
-    if inputs.apply_model is None or inputs.target_inputs is None or inputs.params is None:
-        raise LossError("mean_teacher re-runs the model on perturbed target views; use it through a Method in train()")
-    extras = inputs.extras or {}
-    if "teacher_params" not in extras:
-        raise LossError("mean_teacher: the train state has no 'teacher_params' extras (its init_extras hook sets them)")
-    k_s, k_t, n_s, n_t = jax.random.split(inputs.key, 4)
-    x = inputs.target_inputs
+def mean_teacher_term(pad: int = 2, noise_std: float = 0.05, decay: float = EMA_DECAY) -> StatefulTerm:
+    """Consistency between the student and the EMA teacher (the term's state) on two perturbed target views.
 
-    def view(k_aug: jax.Array, k_noise: jax.Array) -> jax.Array:
-        return gaussian_noise(k_noise, weak_augment(k_aug, x, pad=pad, flip=False), noise_std)
+    Args:
+      pad: the random-translation padding of a view (pixels).
+      noise_std: the Gaussian noise of a view.
+      decay: alpha of the teacher's EMA, applied after every optimiser step.
+    """
+    if not 0.0 <= decay <= 1.0:
+        raise LossError(f"mean_teacher: EMA decay must be in [0, 1], got {decay}; write e.g. mean_teacher(decay=0.99)")
 
-    student = inputs.apply_model(inputs.params, view(k_s, n_s))[0]
-    teacher = inputs.apply_model(extras["teacher_params"], view(k_t, n_t))[0]
-    return consistency_loss(student, teacher)
+    def init(key: jax.Array, inputs: LossInputs) -> TermState:
+        del key
+        if inputs.params is None:
+            raise LossError("mean_teacher: init needs the model parameters (inputs.params); use it through a Method")
+        return TermState(state=jax.tree.map(jnp.asarray, inputs.params))
+
+    def apply(term_state: TermState, inputs: LossInputs) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+        if inputs.apply_model is None or inputs.target_inputs is None or inputs.params is None:
+            raise LossError("mean_teacher re-runs the model on perturbed target views; use it through a Method in train()")
+        k_s, k_t, n_s, n_t = jax.random.split(inputs.key, 4)
+        x = inputs.target_inputs
+
+        def view(k_aug: jax.Array, k_noise: jax.Array) -> jax.Array:
+            return gaussian_noise(k_noise, weak_augment(k_aug, x, pad=pad, flip=False), noise_std)
+
+        student = inputs.apply_model(inputs.params, view(k_s, n_s))[0]
+        teacher = inputs.apply_model(term_state.state, view(k_t, n_t))[0]
+        return consistency_loss(student, teacher), term_state.state, {}
+
+    def update(teacher: Any, model_params: Any, progress: jax.Array) -> Any:
+        del progress
+        return ema_update(teacher, model_params, decay)
+
+    return StatefulTerm(init, apply, update)

@@ -22,9 +22,27 @@ domains (so two-domain terms pool them), and :meth:`LossInputs.sources` /
         views = inputs.sources()
         return sum(coral(a.features, b.features) for a, b in itertools.combinations(views, 2))
 
-A term that needs its own trainable network (a domain discriminator) names a Flax module
-factory in ``aux_module``; the trainer creates and optimises its parameters and passes the
-bound ``apply`` function in ``inputs.aux``.
+A term that keeps something across steps -- a domain discriminator's parameters, an EMA
+teacher, anchor weights, group weights -- is a :class:`StatefulTerm`, the ``(init, apply)``
+pair of optax's ``GradientTransformation`` style with a NamedTuple :class:`TermState`.  Its
+factory's keyword arguments are the hyper-parameters::
+
+    @register_stateful_loss("moving_mean_gap", description="...", reference="...")
+    def moving_mean_gap(momentum: float = 0.9) -> StatefulTerm:
+        def init(key, inputs):
+            return TermState(state=jnp.zeros(inputs.target_features.shape[1]))
+
+        def apply(term_state, inputs):
+            mean = momentum * term_state.state + (1 - momentum) * inputs.target_features.mean(0)
+            mean = jax.lax.stop_gradient(mean)
+            return jnp.sum((inputs.source_features.mean(0) - mean) ** 2), mean, {}
+
+        return StatefulTerm(init, apply)
+
+``TermState.params`` are trained with the model (the trainer differentiates the total loss
+with respect to them and the optimiser updates them); ``TermState.state`` is replaced by
+what ``apply`` returns, and after the optimiser step by what the optional ``update`` returns
+(an EMA of the new model parameters).  See ``docs/writing_a_loss.md``.
 """
 
 from __future__ import annotations
@@ -32,9 +50,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-import flax.linen as nn
 import jax
 
 from da_framework.errors import UserError
@@ -75,13 +92,11 @@ class LossInputs:
         given to the training step).
       progress: scalar in [0, 1], the fraction of training done (for schedules).
       key: a PRNG key private to this term and step.
-      aux: this term's auxiliary network applied with its current parameters, or None.
       source_inputs, target_inputs: the raw model inputs of the batch (for terms that
         re-run the model, e.g. on augmented views).
       params: the classifier's current parameters.
-      extras: the train state's extra pytrees (``"anchor_params"``: the parameters at the
-        start of training; ``"teacher_params"``: an EMA teacher; ...), created by the
-        terms' ``init_extras`` hooks.
+      term_states: every stateful term's ``TermState.state`` at the start of the step, by
+        term key (read-only: a term may read another's, e.g. ``kd_teacher`` an EMA teacher).
       apply_model: ``apply_model(params, x, train=True) -> (logits, features)`` with the
         current normalisation state; state updates are discarded.  Each call in a step
         draws its own dropout key, so two views get independent dropout masks (a call
@@ -99,11 +114,10 @@ class LossInputs:
     source_labels: jax.Array
     progress: jax.Array
     key: jax.Array
-    aux: Callable[[jax.Array], jax.Array] | None = None
     source_inputs: jax.Array | None = None
     target_inputs: jax.Array | None = None
     params: Any = None
-    extras: Mapping[str, Any] | None = None
+    term_states: Mapping[str, Any] | None = None
     apply_model: Callable[..., tuple[jax.Array, jax.Array]] | None = None
     domains: tuple[DomainView, ...] = ()
 
@@ -123,34 +137,83 @@ class LossInputs:
 LossFn = Callable[..., jax.Array]
 
 
+class TermState(NamedTuple):
+    """What a stateful term keeps between steps.
+
+    Attributes:
+      params: trainable parameters (a discriminator, a second head), optimised with the model.
+      state: everything else (an EMA teacher, anchor weights, running statistics), replaced
+        by the value ``apply`` (and ``update``) return; never differentiated.
+    """
+
+    params: Any = ()
+    state: Any = ()
+
+
+class InitFn(Protocol):
+    """``init(key, inputs) -> TermState`` from example step inputs (shapes as in training)."""
+
+    def __call__(self, key: jax.Array, inputs: LossInputs) -> TermState: ...
+
+
+class ApplyFn(Protocol):
+    """``apply(term_state, inputs) -> (loss, new_state, metrics)``; ``new_state`` replaces ``term_state.state``."""
+
+    def __call__(
+        self, term_state: TermState, inputs: LossInputs
+    ) -> tuple[jax.Array, Any, Mapping[str, jax.Array]]: ...
+
+
+class UpdateFn(Protocol):
+    """``update(state, new_model_params, progress) -> state``, run after each optimiser step."""
+
+    def __call__(self, state: Any, model_params: Any, progress: jax.Array) -> Any: ...
+
+
+class StatefulTerm(NamedTuple):
+    """A loss term with explicit state: pure ``init`` and ``apply`` (and an optional ``update``).
+
+    Attributes:
+      init: creates the term's :class:`TermState`.
+      apply: the term's loss on one step, its new ``state`` and extra metrics (logged as
+        ``loss/<key>/<name>``).
+      update: moves ``state`` after the optimiser step from the new model parameters, or None.
+    """
+
+    init: InitFn
+    apply: ApplyFn
+    update: UpdateFn | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
     """A registered loss term.
 
     Attributes:
       name: registry name.
-      fn: ``fn(inputs: LossInputs, **hparams) -> scalar``.
+      fn: ``fn(inputs: LossInputs, **hparams) -> scalar``, or for a stateful term the
+        factory ``fn(**hparams) -> StatefulTerm``.
       description: one line for ``da list``.
       reference: the paper (authors, venue, year).
-      aux_module: factory of the term's auxiliary Flax module, or None.
       hparams: default hyper-parameters, read from ``fn``'s keyword defaults.
-      init_extras: ``init_extras(model_params) -> dict`` of pytrees to keep in the train
-        state (e.g. ``{"anchor_params": model_params}``), or None.
-      update_extras: ``update_extras(extras, new_model_params, progress) -> dict`` run
-        after every optimiser update (e.g. an EMA teacher), or None.
+      stateful: True when ``fn`` is a :class:`StatefulTerm` factory.
       trainer: the trainer (:mod:`da_framework.train.trainers`) this term needs, or None
         for any.
     """
 
     name: str
-    fn: LossFn
+    fn: Callable[..., Any]
     description: str
     reference: str
-    aux_module: Callable[[], nn.Module] | None = None
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
-    init_extras: Callable[[Any], dict[str, Any]] | None = None
-    update_extras: Callable[[dict[str, Any], Any, jax.Array], dict[str, Any]] | None = None
+    stateful: bool = False
     trainer: str | None = None
+
+    def term(self, **hparams: Any) -> StatefulTerm:
+        """The :class:`StatefulTerm` of a stateful loss with ``hparams`` over its defaults."""
+        if not self.stateful:
+            raise LossError(f"loss {self.name!r} is a plain function of the step's inputs, not a stateful term")
+        return self.fn(**{**self.hparams, **hparams})
 
 
 class LossError(UserError):
@@ -160,14 +223,31 @@ class LossError(UserError):
 _LOSSES: dict[str, LossSpec] = {}
 
 
+def _register(
+    name: str, description: str, reference: str, trainer: str | None, overwrite: bool, stateful: bool
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    if not name.isidentifier():
+        raise LossError(f"loss name {name!r} must be an identifier (letters, digits, '_')")
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _LOSSES and not overwrite:
+            raise LossError(f"loss {name!r} is already registered; pass overwrite=True to replace it")
+        params = list(inspect.signature(fn).parameters.values())[0 if stateful else 1 :]
+        missing = [p.name for p in params if p.default is inspect.Parameter.empty]
+        if stateful and missing:
+            raise LossError(f"stateful loss {name!r}: every factory argument needs a default, not {missing}")
+        hparams = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        _LOSSES[name] = LossSpec(name, fn, description, reference, hparams, stateful, trainer)
+        return fn
+
+    return decorator
+
+
 def register_loss(
     name: str,
     *,
     description: str,
     reference: str,
-    aux_module: Callable[[], nn.Module] | None = None,
-    init_extras: Callable[[Any], dict[str, Any]] | None = None,
-    update_extras: Callable[[dict[str, Any], Any, jax.Array], dict[str, Any]] | None = None,
     trainer: str | None = None,
     overwrite: bool = False,
 ) -> Callable[[LossFn], LossFn]:
@@ -177,29 +257,30 @@ def register_loss(
       name: the name used in method specs (letters, digits and ``_``).
       description: one line shown by ``da list``.
       reference: the paper the loss comes from.
-      aux_module: factory of an auxiliary Flax module whose parameters the trainer owns.
-      init_extras: creates extra train-state pytrees from the initial model parameters.
-      update_extras: updates them after each optimiser step.
       trainer: the trainer the term needs (e.g. ``"mcd"``), or None for any.
       overwrite: allow replacing an existing registration (e.g. when re-running a notebook).
 
     Returns:
       the decorator, which returns ``fn`` unchanged.
     """
-    if not name.isidentifier():
-        raise LossError(f"loss name {name!r} must be an identifier (letters, digits, '_')")
+    return _register(name, description, reference, trainer, overwrite, stateful=False)
 
-    def decorator(fn: LossFn) -> LossFn:
-        if name in _LOSSES and not overwrite:
-            raise LossError(f"loss {name!r} is already registered; pass overwrite=True to replace it")
-        params = list(inspect.signature(fn).parameters.values())[1:]
-        hparams = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-        _LOSSES[name] = LossSpec(
-            name, fn, description, reference, aux_module, hparams, init_extras, update_extras, trainer
-        )
-        return fn
 
-    return decorator
+def register_stateful_loss(
+    name: str,
+    *,
+    description: str,
+    reference: str,
+    trainer: str | None = None,
+    overwrite: bool = False,
+) -> Callable[[Callable[..., StatefulTerm]], Callable[..., StatefulTerm]]:
+    """Decorator registering a factory ``fn(**hparams) -> StatefulTerm`` as the loss ``name``.
+
+    The factory's keyword arguments (each with a default) are the term's hyper-parameters,
+    set from a method spec like a plain loss's: ``mean_teacher(decay=0.999)``.  Arguments as
+    for :func:`register_loss`.
+    """
+    return _register(name, description, reference, trainer, overwrite, stateful=True)
 
 
 def get_loss(name: str) -> LossSpec:

@@ -15,14 +15,13 @@
   L_bss = sum_{i=1}^{k} sigma_{-i}^2, the k smallest squared singular values of the
   (n, d) feature matrix.
 
-The registered terms ``l2sp`` and ``delta`` read the starting model from
-``inputs.extras["anchor_params"]``, which their ``init_extras`` hook stores at the start of
-training (the initial, or transferred, parameters).
+The registered terms ``l2sp`` and ``delta`` keep the starting model (the initial, or
+transferred, parameters) as their state (:func:`anchored_term`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -30,7 +29,14 @@ import jax.numpy as jnp
 import optax
 
 from da_framework.losses.checks import check_batch, compute_dtype
-from da_framework.losses.registry import LossError, LossInputs, register_loss
+from da_framework.losses.registry import (
+    LossError,
+    LossInputs,
+    StatefulTerm,
+    TermState,
+    register_loss,
+    register_stateful_loss,
+)
 
 
 def _sq_norm(tree: Any) -> jax.Array:
@@ -69,7 +75,7 @@ def l2_sp(
     if jax.tree.structure(shared) != jax.tree.structure(shared_anchor):
         raise LossError(
             "l2_sp: the anchor parameters' structure differs from the model's shared parameters; "
-            "the anchor must be a copy of the same model (init_extras stores it)"
+            "the anchor must be a copy of the same model (the term's init stores it)"
         )
     diff = jax.tree.map(lambda w, w0: w - jax.lax.stop_gradient(w0), shared, shared_anchor)
     new = {k: params[k] for k in new_modules}
@@ -171,53 +177,66 @@ def batch_spectral_shrinkage(features: jax.Array, k: int = 1) -> jax.Array:
     return jnp.sum(sigma[rank - int(k) :] ** 2)
 
 
-def _anchor_extras(params: Any) -> dict[str, Any]:
-    """``init_extras`` hook: keep the starting parameters as ``anchor_params``."""
-    return {"anchor_params": params}
+def anchored_term(loss: Callable[[LossInputs, Any], jax.Array]) -> StatefulTerm:
+    """A stateful term whose state is the model's parameters at the start of training (the anchor).
+
+    Args:
+      loss: ``loss(inputs, anchor) -> scalar`` of the step's inputs and the anchor parameters.
+    """
+
+    def init(key: jax.Array, inputs: LossInputs) -> TermState:
+        del key
+        if inputs.params is None:
+            raise LossError("an anchored term needs the model parameters at init (inputs.params); use it through a Method")
+        return TermState(state=inputs.params)
+
+    def apply(term_state: TermState, inputs: LossInputs) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+        return loss(inputs, term_state.state), term_state.state, {}
+
+    return StatefulTerm(init, apply)
 
 
-def _anchor(inputs: LossInputs, term: str) -> Any:
-    extras = inputs.extras or {}
-    if "anchor_params" not in extras:
-        raise LossError(f"{term}: the train state has no 'anchor_params' extras (its init_extras hook sets them)")
-    return extras["anchor_params"]
-
-
-@register_loss(
+@register_stateful_loss(
     "l2sp",
     description="pull shared weights towards the starting weights, L2 on the new head (L2-SP)",
     reference="Li et al., 'Explicit Inductive Bias for Transfer Learning with Convolutional Networks', ICML 2018",
-    init_extras=_anchor_extras,
 )
-def l2sp_term(inputs: LossInputs, alpha: float = 0.01, beta: float = 0.01, new: str = "head") -> jax.Array:
-    """L2-SP of the current parameters; ``new`` names the new top-level modules, '|'-separated."""
-    if inputs.params is None:
-        raise LossError("l2sp: needs inputs.params (set by the train step)")
-    return l2_sp(inputs.params, _anchor(inputs, "l2sp"), tuple(new.split("|")), alpha, beta)
+def l2sp_term(alpha: float = 0.01, beta: float = 0.01, new: str = "head") -> StatefulTerm:
+    """L2-SP of the current parameters to the anchor; ``new`` names the new top-level modules, '|'-separated."""
+
+    def loss(inputs: LossInputs, anchor: Any) -> jax.Array:
+        if inputs.params is None:
+            raise LossError("l2sp: needs inputs.params (set by the train step)")
+        return l2_sp(inputs.params, anchor, tuple(new.split("|")), alpha, beta)
+
+    return anchored_term(loss)
 
 
-@register_loss(
+@register_stateful_loss(
     "delta",
     description="distance of source features to the starting model's features (DELTA)",
     reference="Li et al., 'DELTA: Deep Learning Transfer using Feature Map with Attention for "
     "Convolutional Networks', ICLR 2019",
-    init_extras=_anchor_extras,
 )
-def delta_term(inputs: LossInputs, attention: str = "none") -> jax.Array:
-    """Feature-map distance on the source batch; ``attention`` is ``"none"`` or ``"head"`` (DELTA's)."""
+def delta_term(attention: str = "none") -> StatefulTerm:
+    """Feature-map distance to the anchor on the source batch; ``attention`` is ``"none"`` or ``"head"`` (DELTA's)."""
     if attention not in ("none", "head"):
         raise LossError(f"delta: unknown attention {attention!r}; valid: 'none', 'head'")
-    if inputs.apply_model is None or inputs.source_inputs is None:
-        raise LossError("delta: needs inputs.apply_model and inputs.source_inputs (set by the train step)")
-    anchor = jax.lax.stop_gradient(_anchor(inputs, "delta"))
-    _, anchor_features = inputs.apply_model(anchor, inputs.source_inputs, train=False)
-    weights = None
-    if attention == "head":
-        head = anchor.get("head", {}) if isinstance(anchor, Mapping) else {}
-        if "kernel" not in head or "bias" not in head:
-            raise LossError("delta: attention='head' needs a linear head with 'kernel' and 'bias' under params['head']")
-        weights = delta_attention(anchor_features, head["kernel"], head["bias"], inputs.source_labels)
-    return feature_map_distance(inputs.source_features, anchor_features, weights)
+
+    def loss(inputs: LossInputs, anchor: Any) -> jax.Array:
+        if inputs.apply_model is None or inputs.source_inputs is None:
+            raise LossError("delta: needs inputs.apply_model and inputs.source_inputs (set by the train step)")
+        anchor = jax.lax.stop_gradient(anchor)
+        _, anchor_features = inputs.apply_model(anchor, inputs.source_inputs, train=False)
+        weights = None
+        if attention == "head":
+            head = anchor.get("head", {}) if isinstance(anchor, Mapping) else {}
+            if "kernel" not in head or "bias" not in head:
+                raise LossError("delta: attention='head' needs a linear head with 'kernel' and 'bias' under params['head']")
+            weights = delta_attention(anchor_features, head["kernel"], head["bias"], inputs.source_labels)
+        return feature_map_distance(inputs.source_features, anchor_features, weights)
+
+    return anchored_term(loss)
 
 
 @register_loss(

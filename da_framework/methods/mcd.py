@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.mcd import classifier_discrepancy
+from da_framework.losses.mcd import classifier_discrepancy, second_classifier_logits
 from da_framework.losses.registry import LossError, LossInputs, get_loss
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
@@ -115,7 +115,6 @@ def make_mcd_step(
     num_k, weight = int(hp["num_k"]), float(hp["discrepancy_weight"])
     if num_k < 1:
         raise LossError(f"mcd: num_k must be >= 1, got {num_k}")
-    head2 = method.aux_modules()[term_key]
 
     def forward(params: Any, model_state: Any, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
         mutable = list(model_state)
@@ -126,7 +125,7 @@ def make_mcd_step(
 
     def discrepancy(params: Any, model_state: Any, xt: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
         logits, feats, new_state = forward(params["model"], model_state, xt, key)
-        logits2 = head2.apply({"params": params["aux"][term_key]}, (feats, logits))
+        logits2 = second_classifier_logits(params["aux"][term_key], feats, logits)
         return classifier_discrepancy(logits, logits2), new_state
 
     def source_loss(params, state, source_batch, target_batch, key, progress):
@@ -146,14 +145,13 @@ def make_mcd_step(
             source_inputs=xs,
             target_inputs=xt,
             params=params["model"],
-            extras=state.extras,
             apply_model=make_apply_model(model, state.model_state, k_model),
         )
-        total, parts = method.loss(params["aux"], inputs)
-        logits2_t = head2.apply({"params": params["aux"][term_key]}, (feats[n_s:], logits[n_s:]))
+        out = method.loss(params["aux"], state.term_states, inputs)
+        logits2_t = second_classifier_logits(params["aux"][term_key], feats[n_s:], logits[n_s:])
         disc = classifier_discrepancy(logits[n_s:], logits2_t)
         accuracy = jnp.mean(jnp.argmax(logits[:n_s], -1) == source_batch["label"])
-        return total, (disc, parts, new_state, accuracy)
+        return out.total, (disc, out, new_state, accuracy)
 
     def step(
         state: TrainState,
@@ -169,7 +167,7 @@ def make_mcd_step(
         params, opt_state = state.params, state.opt_state
 
         # Step A: G, F1, F2 on the source loss.
-        (total_a, (_, parts, model_state, accuracy)), grads = jax.value_and_grad(source_loss, has_aux=True)(
+        (total_a, (_, out_a, model_state, accuracy)), grads = jax.value_and_grad(source_loss, has_aux=True)(
             params, state, source_batch, target_batch, k_a, progress
         )
         grad_norm_a = optax.global_norm(grads)
@@ -199,7 +197,9 @@ def make_mcd_step(
             params=params,
             model_state=model_state,
             opt_state=opt_state,
-            extras=method.update_extras(state.extras, params["model"], jnp.minimum((state.step + 1) / total_steps, 1)),
+            term_states=method.update_states(
+                out_a.states, params["model"], jnp.minimum((state.step + 1) / total_steps, 1)
+            ),
         )
         metrics = {
             "loss": total_a,
@@ -208,7 +208,7 @@ def make_mcd_step(
             "loss/mcd_discrepancy_b": disc_b,
             "loss/mcd_discrepancy_c": disc_c[-1],
         }
-        metrics.update({f"loss/{k}": v for k, v in parts.items()})
+        metrics.update({f"loss/{k}": v for k, v in {**out_a.parts, **out_a.metrics}.items()})
         return new_state, metrics
 
     return step

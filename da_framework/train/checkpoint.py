@@ -53,14 +53,21 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any, config: Experi
       config: the config of the resuming run; it must match the checkpoint's.
 
     Raises:
-      ConfigError: if the checkpoint was written by a run with a different config.
+      ConfigError: if the checkpoint was written by a run with a different config or train-state structure.
     """
     step = manager.latest_step()
     if step is None:
         return None
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), history=ocp.args.JsonRestore())
-    )
+    try:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), history=ocp.args.JsonRestore())
+        )
+    except ValueError as e:  # orbax: the saved tree's structure or shapes differ from the template's
+        raise ConfigError(
+            f"the checkpoint at step {step} in checkpoint_dir {config.checkpoint_dir!r} does not fit this run's train "
+            f"state ({str(e).splitlines()[0][:120]}); it was written by another model/method or an older "
+            "da_framework version (which kept terms' state as 'extras'): use a fresh checkpoint_dir or delete it"
+        ) from None
     saved = restored.history
     if _comparable(saved["config"]) != _comparable(config.to_dict()):
         diff = sorted(k for k in _comparable(config.to_dict()) if saved["config"].get(k) != config.to_dict()[k])

@@ -35,14 +35,29 @@ import math
 import numbers
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from da_framework.losses.registry import LossError, LossInputs, get_loss
+from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, TermState, get_loss
 from da_framework.train.schedules import get_schedule
+
+
+class MethodLoss(NamedTuple):
+    """A method's loss on one step (:meth:`Method.loss`).
+
+    Attributes:
+      total: the weighted sum of the terms (the scalar to differentiate).
+      parts: each term's unweighted value by key (logged as ``loss/<key>``).
+      states: the stateful terms' new states by key.
+      metrics: the terms' extra metrics, keyed ``<key>/<name>``.
+    """
+
+    total: jax.Array
+    parts: dict[str, jax.Array]
+    states: dict[str, Any]
+    metrics: dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +95,8 @@ class LossTerm:
             if name not in spec.hparams:
                 valid = ", ".join(spec.hparams) or "none"
                 raise LossError(f"loss {self.loss!r} has no hyper-parameter {name!r}; valid: {valid}")
+        if spec.stateful:
+            spec.term(**dict(self.hparams))  # the factory checks its hyper-parameters' values
 
 
 PRESETS: dict[str, str] = {
@@ -129,72 +146,76 @@ class Method:
         for term in self.terms:
             term.validate()
 
-    def aux_modules(self) -> dict[str, nn.Module]:
-        """The auxiliary networks the terms need, by term key."""
+    def stateful_terms(self) -> dict[str, StatefulTerm]:
+        """The :class:`StatefulTerm` of each stateful term, by term key, in term order."""
         out = {}
         for term in self.terms:
-            factory = get_loss(term.loss).aux_module
-            if factory is not None:
-                out[term.key] = factory()
+            spec = get_loss(term.loss)
+            if spec.stateful:
+                out[term.key] = spec.term(**dict(term.hparams))
         return out
 
-    def init_aux(self, key: jax.Array, inputs: LossInputs) -> dict[str, Any]:
-        """Initialises the auxiliary networks' parameters on example step inputs."""
+    def init(self, key: jax.Array, inputs: LossInputs) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Initialises the stateful terms on example step inputs.
+
+        The i-th stateful term (in term order) gets the i-th of 16 keys split from ``key``.
+
+        Returns:
+          ``(params, states)``: the terms' trainable parameters and their other state, each
+          a dict by term key holding only the terms that have some.
+        """
+        terms = self.stateful_terms()
+        if len(terms) > 16:
+            raise LossError(f"method {self.name!r} has {len(terms)} stateful terms; at most 16 are supported")
         params: dict[str, Any] = {}
-        for (name, module), k in zip(self.aux_modules().items(), jax.random.split(key, 16)):
-            captured: dict[str, Any] = {}
+        states: dict[str, Any] = {}
+        for (name, term), k in zip(terms.items(), jax.random.split(key, 16)):
+            term_state = term.init(k, inputs)
+            if not isinstance(term_state, TermState):
+                raise LossError(f"term {name!r}: init must return a TermState, got {type(term_state).__name__}")
+            if jax.tree.leaves(term_state.params):
+                params[name] = term_state.params
+            if jax.tree.leaves(term_state.state):
+                states[name] = term_state.state
+        return params, states
 
-            def aux(x: jax.Array, module: nn.Module = module, k: jax.Array = k) -> jax.Array:
-                captured["params"] = module.init(k, x)["params"]
-                return module.apply({"params": captured["params"]}, x)
+    def update_states(self, states: dict[str, Any], model_params: Any, progress: jax.Array) -> dict[str, Any]:
+        """Runs the terms' ``update`` functions after an optimiser step (the others keep their state)."""
+        out = dict(states)
+        for name, term in self.stateful_terms().items():
+            if term.update is not None:
+                out[name] = term.update(states.get(name, ()), model_params, progress)
+        return out
 
-            term = next(t for t in self.terms if t.key == name)
-            get_loss(term.loss).fn(dataclasses.replace(inputs, aux=aux), **dict(term.hparams))
-            params[name] = captured["params"]
-        return params
+    def loss(self, params: Mapping[str, Any], states: Mapping[str, Any], inputs: LossInputs) -> MethodLoss:
+        """The weighted total at ``inputs.progress`` and each term's unweighted value.
 
-    def init_extras(self, model_params: Any) -> dict[str, Any]:
-        """The extra train-state pytrees the terms ask for (merged; keys must not clash)."""
-        extras: dict[str, Any] = {}
-        owner: dict[str, str] = {}
-        for term in self.terms:
-            hook = get_loss(term.loss).init_extras
-            if hook is not None:
-                for name, value in hook(model_params).items():
-                    if name in extras:
-                        raise LossError(
-                            f"terms {owner[name]!r} and {term.key!r} of method {self.name!r} both keep train-state "
-                            f"extra {name!r}; use one of them (their states would overwrite each other)"
-                        )
-                    extras[name], owner[name] = value, term.key
-        return extras
-
-    def update_extras(self, extras: dict[str, Any], model_params: Any, progress: jax.Array) -> dict[str, Any]:
-        """Runs the terms' ``update_extras`` hooks after an optimiser step."""
-        for term in self.terms:
-            hook = get_loss(term.loss).update_extras
-            if hook is not None:
-                extras = {**extras, **hook(extras, model_params, progress)}
-        return extras
-
-    def loss(
-        self, aux_params: Mapping[str, Any], inputs: LossInputs
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Returns (total loss, {term key: unweighted term value})."""
-        modules = self.aux_modules()
+        Args:
+          params: the stateful terms' trainable parameters by key (differentiated).
+          states: their other state by key.
+          inputs: the step's arrays.
+        """
+        stateful = self.stateful_terms()
+        inputs = dataclasses.replace(inputs, term_states=states)
         total = jnp.zeros((), jnp.float32)
         parts: dict[str, jax.Array] = {}
+        new_states = dict(states)
+        metrics: dict[str, jax.Array] = {}
         keys = jax.random.split(inputs.key, len(self.terms))
         for term, k in zip(self.terms, keys):
-            aux = None
-            if term.key in modules:
-                module, p = modules[term.key], aux_params[term.key]
-                aux = lambda x, module=module, p=p: module.apply({"params": p}, x)  # noqa: E731
-            value = get_loss(term.loss).fn(dataclasses.replace(inputs, key=k, aux=aux), **dict(term.hparams))
+            term_inputs = dataclasses.replace(inputs, key=k)
+            if term.key in stateful:
+                term_state = TermState(params.get(term.key, ()), states.get(term.key, ()))
+                value, new_state, extra = stateful[term.key].apply(term_state, term_inputs)
+                if term.key in states:
+                    new_states[term.key] = new_state
+                metrics.update({f"{term.key}/{m}": v for m, v in extra.items()})
+            else:
+                value = get_loss(term.loss).fn(term_inputs, **dict(term.hparams))
             value = jnp.asarray(value, jnp.float32)
             parts[term.key] = value
             total = total + term.weight * get_schedule(term.schedule)(inputs.progress) * value
-        return total, parts
+        return MethodLoss(total, parts, new_states, metrics)
 
     def spec(self) -> str:
         """The one-line spelling of this method (parseable by :func:`parse_method`).

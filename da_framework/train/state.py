@@ -20,18 +20,19 @@ class TrainState:
 
     Attributes:
       step: number of steps taken (int32 scalar).
-      params: ``{"model": classifier params, "aux": {term: aux-network params}}``.
+      params: ``{"model": classifier params, "aux": {term key: the term's trainable
+        TermState.params}}`` (a discriminator, a second head), all optimised.
       model_state: the model's non-trainable collections (e.g. ``{"batch_stats": ...}``).
       opt_state: the optax optimiser state over ``params``.
-      extras: pytrees that loss terms keep across steps (not optimised), e.g.
-        ``"anchor_params"`` (L2-SP) or ``"teacher_params"`` (mean teacher).
+      term_states: ``{term key: the term's TermState.state}``, what stateful terms keep
+        across steps without optimising it (L2-SP's anchor, mean teacher's EMA teacher).
     """
 
     step: jax.Array
     params: dict[str, Any]
     model_state: dict[str, Any]
     opt_state: optax.OptState
-    extras: dict[str, Any]
+    term_states: dict[str, Any]
 
 
 def init_train_state(
@@ -48,7 +49,7 @@ def init_train_state(
     Args:
       key: PRNG key of the initialisation.
       model: the classifier.
-      method: the method (its auxiliary networks are initialised here).
+      method: the method (its stateful terms are initialised here).
       tx: the optimiser.
       source_inputs, target_inputs: example batches (shapes as in training).
       source_labels: example source labels.
@@ -76,14 +77,14 @@ def init_train_state(
         source_inputs=source_inputs,
         target_inputs=target_inputs,
         params=params,
-        extras=method.init_extras(params),
         apply_model=apply_model,
     )
-    all_params = {"model": params, "aux": method.init_aux(k_aux, inputs)}
+    term_params, term_states = method.init(k_aux, inputs)
+    all_params = {"model": params, "aux": term_params}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=all_params,
         model_state=model_state,
         opt_state=tx.init(all_params),
-        extras=method.init_extras(params),
+        term_states=term_states,
     )

@@ -170,13 +170,12 @@ def make_train_step(
             source_inputs=xs,
             target_inputs=xt,
             params=params["model"],
-            extras=state.extras,
             apply_model=apply_model,
             domains=domains,
         )
-        total, parts = method.loss(params["aux"], inputs)
+        out = method.loss(params["aux"], state.term_states, inputs)
         accuracy = jnp.mean(jnp.argmax(logits[:n_s], -1) == source_batch["label"])
-        return total, (parts, dict(new_model_state), accuracy)
+        return out.total, (out, dict(new_model_state), accuracy)
 
     def step(
         state: TrainState,
@@ -185,7 +184,7 @@ def make_train_step(
         key: jax.Array,
     ) -> tuple[TrainState, Metrics]:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (total, (parts, model_state, accuracy)), grads = grad_fn(
+        (total, (out, model_state, accuracy)), grads = grad_fn(
             state.params, state, source_batch, target_batch, key
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -196,10 +195,10 @@ def make_train_step(
             params=params,
             model_state=model_state,
             opt_state=opt_state,
-            extras=method.update_extras(state.extras, params["model"], progress),
+            term_states=method.update_states(out.states, params["model"], progress),
         )
         metrics = {"loss": total, "source_train_accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
-        metrics.update({f"loss/{k}": v for k, v in parts.items()})
+        metrics.update({f"loss/{k}": v for k, v in {**out.parts, **out.metrics}.items()})
         return new_state, metrics
 
     return step
