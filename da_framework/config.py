@@ -55,7 +55,8 @@ class ExperimentConfig:
       lr_schedule: ``"constant"``, ``"cosine"``, ``"inv"`` (DANN's lr/(1+10p)^0.75, p = step/steps)
         or ``"inv:<gamma>"``, lr/(1+gamma*step)^0.75 per step, independent of ``steps``
         (Transfer-Learning-Library's ``LambdaLR``; its digits scripts use gamma 0.001 for
-        DANN/CDAN/MCC, 0.0003 for ERM/DAN/JAN, 0.0002 for MDD).
+        DANN/CDAN/MCC, 0.0003 for ERM/DAN/JAN, 0.0002 for MDD), or ``"warmup_cosine"`` (5% linear
+        warm-up, then cosine decay); see :mod:`da_framework.train.optimizers`.
       weight_decay: weight decay: for sgd added to the gradient before momentum (L2, as
         torch.optim.SGD does); for adamw decoupled (Loshchilov & Hutter); unused by adam.
       grad_clip: global-norm gradient clipping, or None.
@@ -140,9 +141,9 @@ class ExperimentConfig:
                 f"optimizer 'adam' has no weight decay, so weight_decay={self.weight_decay!r} would be ignored; "
                 "use optimizer='adamw' (decoupled) or 'sgd' (L2), or set weight_decay=0"
             )
-        if self.lr_schedule not in ("constant", "cosine", "inv") and inv_gamma(self.lr_schedule) is None:
+        if self.lr_schedule not in ("constant", "cosine", "inv", "warmup_cosine") and inv_gamma(self.lr_schedule) is None:
             raise ConfigError(
-                f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, inv, inv:<gamma> (gamma > 0, e.g. inv:0.001)"
+                f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, inv, inv:<gamma> (gamma > 0, e.g. inv:0.001), warmup_cosine"
             )
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"unknown compute_dtype {self.compute_dtype!r}; valid: float32, bfloat16")

@@ -34,3 +34,18 @@ def test_vmapped_seeds_match_separate_runs():
 def test_vmapped_seeds_reject_bad_input():
     with pytest.raises(ConfigError, match="distinct"):
         train_seeds(ExperimentConfig(**TINY), [1, 1])
+
+
+def test_vmapped_seeds_take_several_sources_as_train_does():
+    """The runner is built from the loop's pieces, so a 2-source, GroupDRO run vmaps too and matches train()."""
+    cfg = ExperimentConfig(source="digits/source,digits/blur", target="digits/rotate", method="group_dro(eta=0.1)",
+                           steps=3, model="mlp", model_kwargs={"hidden": (16,)}, batch_size=8, log_every=1)
+    (res,) = train_seeds(cfg, [2])
+    alone = train(cfg.replace(seed=2))
+    for h_v, h_a in zip(res.history, alone.history):
+        for k in ("loss", "loss/group_dro/q0", "loss/group_dro/q1"):
+            if k in h_a:
+                np.testing.assert_allclose(h_v[k], h_a[k], rtol=1e-5, err_msg=k)
+    assert set(res.metrics) == set(alone.metrics) and "source_val_accuracy/digits/blur" in res.metrics
+    np.testing.assert_allclose(np.asarray(res.state.term_states["group_dro"]),
+                               np.asarray(alone.state.term_states["group_dro"]), rtol=1e-5)

@@ -9,7 +9,8 @@ separate runs up to floating-point reassociation in the batched kernels.
 
 Only seeds are vmapped; loss weights are static in a :class:`Method`, so K loss weights
 need K separate runs (or a sweep grid).  Multi-device meshes and checkpointing are not
-supported here (``num_devices`` must be 1, ``checkpoint_every`` 0).
+supported here (``num_devices`` must be 1, ``checkpoint_every`` 0).  Several sources and
+targets are (the streams are the loop's own).
 """
 
 from __future__ import annotations
@@ -23,14 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from da_framework.config import ConfigError, ExperimentConfig
-from da_framework.data.domain import batch_iterator
-from da_framework.data.registry import get_domain
-from da_framework.models.registry import make_model
-from da_framework.train.evaluate import evaluate, make_predict_fn
-from da_framework.train.loop import RunResult, _check_finite, check_domain_pair, make_optimizer
-from da_framework.train.method import parse_method
-from da_framework.train.state import init_train_state
-from da_framework.train.trainers import get_trainer
+from da_framework.train.evaluate import make_predict_fn
+from da_framework.train.loop import RunResult, batch_streams, build, check_finite, evaluate_state, init_state
 
 
 def _stack(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, jax.Array]:
@@ -39,6 +34,10 @@ def _stack(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, jax.Array]:
 
 def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResult]:
     """Trains ``config`` for each of ``seeds`` in one vmapped program.
+
+    Built from the loop's pieces (:func:`~da_framework.train.loop.build`, ``batch_streams``,
+    ``init_state``, ``evaluate_state``, ``check_finite``), so a seed here is the run
+    :func:`~da_framework.train.train` makes with it, several sources and targets included.
 
     Args:
       config: the run config (its ``seed`` is ignored; ``seeds`` are used).
@@ -57,45 +56,30 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResul
     if config.num_devices != 1 or config.checkpoint_every:
         raise ConfigError("vmapped seeds need num_devices=1 and checkpoint_every=0; run seeds separately otherwise")
     start = time.perf_counter()
-    source, target = get_domain(config.source, config.data_dir), get_domain(config.target, config.data_dir)
-    check_domain_pair(source, target)
-    method = parse_method(config.method)
-    model = make_model(config.model, source.num_classes, config.bottleneck_dim, **config.model_kwargs)
-    tx = make_optimizer(config)
-    x_key = source.input_key
-
-    src_its = [batch_iterator(source.split("train"), config.batch_size, seed=2 * s, fields=(x_key, "label")) for s in seeds]
-    tgt_its = [batch_iterator(target.split("train"), config.batch_size, seed=2 * s + 1, fields=(x_key,)) for s in seeds]
+    exp = build(config)
+    streams = [batch_streams(exp, s, config.batch_size) for s in seeds]
     keys = [jax.random.split(jax.random.key(s)) for s in seeds]  # per seed: (init key, step key), as in train()
     key_init = jnp.stack([k[0] for k in keys])
     key_steps = jnp.stack([k[1] for k in keys])
 
-    s_batch, t_batch = _stack([next(it) for it in src_its]), _stack([next(it) for it in tgt_its])
-    init = jax.jit(jax.vmap(lambda k, xs, xt, ys: init_train_state(k, model, method, tx, xs, xt, ys)))
-    states = init(key_init, s_batch[x_key], t_batch[x_key], s_batch["label"])
+    def next_batches() -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        return _stack([next(src) for src, _ in streams]), _stack([next(tgt) for _, tgt in streams])
+
+    s_batch, t_batch = next_batches()
+    states = jax.jit(jax.vmap(lambda k, s, t: init_state(exp, k, s, t)))(key_init, s_batch, t_batch)
 
     traces = [0]
-    raw_step = get_trainer(config.trainer, method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype)
 
     def counted_step(*args: Any) -> Any:
         traces[0] += 1
-        return jax.vmap(raw_step)(*args)
+        return jax.vmap(exp.step)(*args)
 
     step_fn = jax.jit(counted_step, donate_argnums=0)
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
-    predict = make_predict_fn(model)
+    predict = make_predict_fn(exp.model)
 
     def run_eval(k: int) -> dict[str, Any]:
-        st = jax.tree.map(lambda x: x[k], states)
-        variables = {"params": st.params["model"], **st.model_state}
-        tgt = evaluate(predict, variables, target.split("test"), target.num_classes, config.eval_batch_size, x_key)
-        src = evaluate(predict, variables, source.split("val"), source.num_classes, config.eval_batch_size, x_key)
-        return {
-            "target_test_accuracy": tgt["accuracy"],
-            "target_test_per_class_accuracy": tgt["per_class_accuracy"],
-            "target_test_mean_class_accuracy": tgt["mean_class_accuracy"],
-            "source_val_accuracy": src["accuracy"],
-        }
+        return evaluate_state(exp, jax.tree.map(lambda x: x[k], states), predict)
 
     histories: list[list[dict[str, Any]]] = [[] for _ in seeds]
     for i in range(config.steps):
@@ -104,13 +88,13 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResul
             fetched = jax.device_get(metrics)
             for k in range(len(seeds)):
                 logged = {name: float(v[k]) for name, v in fetched.items()}
-                _check_finite(i + 1, logged, config)
+                check_finite(i + 1, logged, config)
                 histories[k].append({"step": i + 1, **logged})
         if config.eval_every and (i + 1) % config.eval_every == 0 and i + 1 < config.steps:
             for k in range(len(seeds)):
                 histories[k].append({"step": i + 1, **run_eval(k)})
         if i + 1 < config.steps:
-            s_batch, t_batch = _stack([next(it) for it in src_its]), _stack([next(it) for it in tgt_its])
+            s_batch, t_batch = next_batches()
 
     results = []
     wall = time.perf_counter() - start

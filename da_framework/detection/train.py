@@ -35,6 +35,7 @@ from da_framework.detection.model import CenterPointDetector, decode_batch, dete
 from da_framework.detection.voc_eval import ImageDetections, ImageGroundTruth, evaluate_detections
 from da_framework.errors import UserError
 from da_framework.losses.mmd import mk_mmd
+from da_framework.train.optimizers import build_optimizer
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -120,9 +121,10 @@ def make_detection_step(
 
 
 def make_optimizer(learning_rate: float, steps: int, weight_decay: float = 1e-4) -> optax.GradientTransformation:
-    """AdamW with a 5% linear warm-up and cosine decay to 0, gradient clipping at norm 10."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(steps // 20, 1), max(steps, 2))
-    return optax.chain(optax.clip_by_global_norm(10.0), optax.adamw(schedule, weight_decay=weight_decay))
+    """The detector's optimiser: AdamW, 5% linear warm-up then cosine decay to 0, gradient norm clipped at 10."""
+    return build_optimizer(
+        "adamw", learning_rate, schedule="warmup_cosine", steps=steps, weight_decay=weight_decay, grad_clip=10.0
+    )
 
 
 @functools.lru_cache(maxsize=16)

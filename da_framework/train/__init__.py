@@ -1,7 +1,6 @@
 """Training core: methods as weighted loss terms, the pure step, the loop.
 
-The loop's names (``train``, ``RunResult``, ``NonFiniteLossError``, ``make_optimizer``) are
-imported on first use: the loop picks trainers, and methods with their own trainer
+The loop's names (``train``, ``RunResult``, ``NonFiniteLossError``) are imported on first use: the loop picks trainers, and methods with their own trainer
 (:mod:`da_framework.methods`) import this package's step, so importing the loop here would
 make an import cycle.
 """
@@ -10,6 +9,7 @@ from typing import Any
 
 from da_framework.train.evaluate import classification_metrics, evaluate, make_predict_fn
 from da_framework.train.method import PRESETS, LossTerm, Method, parse_method
+from da_framework.train.optimizers import build_optimizer, make_optimizer
 from da_framework.train.parallel import make_mesh, replicate, shard_batch
 from da_framework.train.state import TrainState, init_train_state
 from da_framework.train.step import make_train_step
@@ -21,6 +21,7 @@ __all__ = [
     "NonFiniteLossError",
     "RunResult",
     "TrainState",
+    "build_optimizer",
     "classification_metrics",
     "evaluate",
     "init_train_state",
@@ -34,7 +35,7 @@ __all__ = [
     "train",
 ]
 
-_FROM_LOOP = ("NonFiniteLossError", "RunResult", "make_optimizer", "train")
+_FROM_LOOP = ("NonFiniteLossError", "RunResult", "train")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,9 @@
-"""The training loop: config in, metrics out.  One small function, read top to bottom.
+"""The training loop: config in, metrics out, in four pieces read top to bottom.
 
-``train(config)`` builds the domains, model, method and optimiser named by the config,
-compiles the step once, runs it, and evaluates:
+``train(config)`` runs :func:`build` (the domains, model, method, optimiser and train step
+named by the config), :func:`init_state`, the step loop (compiled once), and
+:func:`evaluate_state`; the vmapped-seeds runner (:mod:`da_framework.bench.vmap_seeds`) reuses
+the same pieces and :func:`check_finite`.  Evaluation reports:
 
 * ``target_test_accuracy`` / ``target_test_per_class_accuracy``: the headline numbers;
 * ``source_val_accuracy``: the model-selection signal that needs no target labels.
@@ -14,6 +16,7 @@ device only every ``log_every`` steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -23,18 +26,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from da_framework.config import ExperimentConfig, inv_gamma
+from da_framework.config import ExperimentConfig
 from da_framework.data.domain import Domain, DomainError, batch_iterator
 from da_framework.data.prefetch import prefetch_to_device
 from da_framework.data.registry import get_domain
 from da_framework.models.registry import make_model
 from da_framework.train.checkpoint import open_checkpoints, restore_latest, save_checkpoint
 from da_framework.train.evaluate import evaluate, make_predict_fn
-from da_framework.train.method import parse_method
+from da_framework.train.method import Method, parse_method
+from da_framework.train.optimizers import make_optimizer
 from da_framework.train.parallel import ParallelError, make_mesh, replicate, shard_batch
 from da_framework.train.state import TrainState, init_train_state
+from da_framework.train.step import TrainStep
 from da_framework.train.trainers import get_trainer
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -63,26 +67,6 @@ class RunResult:
     state: TrainState
     wall_time_s: float
     compile_count: int
-
-
-def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
-    """The optimiser named by the config, with its learning-rate schedule."""
-    lr: optax.ScalarOrSchedule = config.learning_rate
-    if config.lr_schedule == "cosine":
-        lr = optax.cosine_decay_schedule(config.learning_rate, config.steps)
-    elif config.lr_schedule == "inv":  # DANN: lr / (1 + 10 p)^0.75
-        lr = lambda count: config.learning_rate * (1.0 + 10.0 * count / config.steps) ** -0.75  # noqa: E731
-    elif (gamma := inv_gamma(config.lr_schedule)) is not None:  # tllib: lr / (1 + gamma * step)^0.75
-        lr = lambda count: config.learning_rate * (1.0 + gamma * count) ** -0.75  # noqa: E731
-    if config.optimizer == "sgd":
-        opt = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(lr, 0.9, nesterov=True))
-    elif config.optimizer == "adamw":
-        opt = optax.adamw(lr, weight_decay=config.weight_decay)
-    else:
-        opt = optax.adam(lr)
-    if config.grad_clip:
-        opt = optax.chain(optax.clip_by_global_norm(config.grad_clip), opt)
-    return opt
 
 
 def joint_batches(
@@ -116,8 +100,8 @@ def check_domain_pair(source: Domain, target: Domain) -> None:
         )
 
 
-def _check_finite(step: int, metrics: dict[str, float], config: ExperimentConfig, first_bad: int | None = None) -> None:
-    """Raises NonFiniteLossError if a logged loss is NaN/inf.
+def check_finite(step: int, metrics: dict[str, float], config: ExperimentConfig, first_bad: int | None = None) -> None:
+    """Raises NonFiniteLossError if a logged loss is NaN/inf (every runner's one finite-check).
 
     ``first_bad`` is the first step whose loss was non-finite, tracked on the device between
     two metric fetches (the logged step can be up to ``log_every`` steps later).
@@ -132,8 +116,97 @@ def _check_finite(step: int, metrics: dict[str, float], config: ExperimentConfig
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """What one run is built from: the config's domains, model, method, optimiser and step.
+
+    Attributes:
+      config: the experiment config.
+      sources, targets: the labelled and unlabelled domains, in config order.
+      model: the classifier.
+      method: the parsed method.
+      tx: the optimiser.
+      step: the pure train step of the method's trainer (not jitted).
+    """
+
+    config: ExperimentConfig
+    sources: tuple[Domain, ...]
+    targets: tuple[Domain, ...]
+    model: Any
+    method: Method
+    tx: optax.GradientTransformation
+    step: TrainStep
+
+    @property
+    def input_key(self) -> str:
+        """The batch field holding model inputs (``"image"`` or ``"text"``)."""
+        return self.sources[0].input_key
+
+
+def build(config: ExperimentConfig) -> Experiment:
+    """Build: the domains, model, method, optimiser and train step a config names."""
+    sources = tuple(get_domain(n, config.data_dir) for n in config.source_names)
+    targets = tuple(get_domain(n, config.data_dir) for n in config.target_names)
+    for other in sources[1:] + targets:
+        check_domain_pair(sources[0], other)
+    method = parse_method(config.method)
+    model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, **config.model_kwargs)
+    tx = make_optimizer(config)
+    step = get_trainer(config.trainer, method)(
+        model, method, tx, config.steps, input_key=sources[0].input_key, compute_dtype=config.compute_dtype,
+        num_sources=len(sources), num_targets=len(targets),
+    )
+    return Experiment(config, sources, targets, model, method, tx, step)
+
+
+def batch_streams(exp: Experiment, stream: int, batch_size: int) -> tuple[Any, Any]:
+    """The source and target batch iterators of data stream ``stream`` (a run's seed on one host).
+
+    The source stream is seeded ``2 * stream``, the target stream ``2 * stream + 1``.
+    """
+    c, x_key = exp.config, exp.input_key
+    reading = dict(workers=c.data_workers, read_threads=c.data_threads)
+    src = joint_batches(list(exp.sources), batch_size, 2 * stream, (x_key, "label"), reading)
+    tgt = joint_batches(list(exp.targets), batch_size, 2 * stream + 1, (x_key,), reading)
+    return src, tgt
+
+
+def init_state(exp: Experiment, key: jax.Array, source_batch: Any, target_batch: Any) -> TrainState:
+    """Init: the train state from the first batches (shapes as in training)."""
+    x_key = exp.input_key
+    return init_train_state(
+        key, exp.model, exp.method, exp.tx, source_batch[x_key], target_batch[x_key], source_batch["label"]
+    )
+
+
+def evaluate_state(exp: Experiment, state: TrainState, predict: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Evaluate: target test and source validation accuracies of ``state``'s model.
+
+    With several targets each is reported as ``target_test_accuracy/<name>`` and the headline
+    ``target_test_accuracy`` is their unweighted mean; likewise ``source_val_accuracy``.
+    """
+    config, x_key = exp.config, exp.input_key
+    predict = predict or make_predict_fn(exp.model)
+    variables = {"params": state.params["model"], **state.model_state}
+    out: dict[str, Any] = {}
+    tgt = [evaluate(predict, variables, t.split("test"), t.num_classes, config.eval_batch_size, x_key) for t in exp.targets]
+    src = [evaluate(predict, variables, s.split("val"), s.num_classes, config.eval_batch_size, x_key) for s in exp.sources]
+    if len(exp.targets) > 1:
+        for name, t in zip(config.target_names, tgt):
+            out[f"target_test_accuracy/{name}"] = t["accuracy"]
+    out["target_test_accuracy"] = float(np.mean([t["accuracy"] for t in tgt]))
+    if len(exp.targets) == 1:
+        out["target_test_per_class_accuracy"] = tgt[0]["per_class_accuracy"]
+    out["target_test_mean_class_accuracy"] = float(np.mean([t["mean_class_accuracy"] for t in tgt]))
+    if len(exp.sources) > 1:
+        for name, v in zip(config.source_names, src):
+            out[f"source_val_accuracy/{name}"] = v["accuracy"]
+    out["source_val_accuracy"] = float(np.mean([v["accuracy"] for v in src]))
+    return out
+
+
 def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
-    """Trains and evaluates one run described by ``config``.
+    """Trains and evaluates one run described by ``config``: build, init, run, evaluate.
 
     Args:
       config: the experiment config.
@@ -144,28 +217,17 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
       a :class:`RunResult`.
     """
     start = time.perf_counter()
-    sources = [get_domain(n, config.data_dir) for n in config.source_names]
-    targets = [get_domain(n, config.data_dir) for n in config.target_names]
-    for other in sources[1:] + targets:
-        check_domain_pair(sources[0], other)
-    source = sources[0]
-    method = parse_method(config.method)
-    model = make_model(config.model, source.num_classes, config.bottleneck_dim, **config.model_kwargs)
-    tx = make_optimizer(config)
-    x_key = source.input_key
+    exp = build(config)
 
     # Several hosts (jax.distributed): each reads its own stream of batch_size / hosts.
     hosts, stream = jax.process_count(), config.seed * jax.process_count() + jax.process_index()
     if config.batch_size % hosts:
         raise ParallelError(f"batch_size {config.batch_size} does not split over {hosts} processes")
-    local_batch, reading = config.batch_size // hosts, dict(workers=config.data_workers, read_threads=config.data_threads)
-    src_it = joint_batches(sources, local_batch, 2 * stream, (x_key, "label"), reading)
-    tgt_it = joint_batches(targets, local_batch, 2 * stream + 1, (x_key,), reading)
+    src_it, tgt_it = batch_streams(exp, stream, config.batch_size // hosts)
 
     key_init, key_steps = jax.random.split(jax.random.key(config.seed))
     first_s, first_t = next(src_it), next(tgt_it)
-    init = jax.jit(lambda k, xs, xt, ys: init_train_state(k, model, method, tx, xs, xt, ys))
-    state = init(key_init, first_s[x_key], first_t[x_key], first_s["label"])
+    state = jax.jit(functools.partial(init_state, exp))(key_init, first_s, first_t)
     history: list[dict[str, Any]] = []
     s_batch, t_batch = first_s, first_t
     ckpt, start_step = open_checkpoints(config), 0
@@ -176,13 +238,11 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
             s_batch, t_batch = next(src_it), next(tgt_it)
 
     traces = [0]
-    raw_step = get_trainer(config.trainer, method)(model, method, tx, config.steps, input_key=x_key, compute_dtype=config.compute_dtype,
-                                    num_sources=len(sources), num_targets=len(targets))
 
     def counted_step(state: TrainState, s: Any, t: Any, base_key: jax.Array, first_bad: jax.Array) -> Any:
         traces[0] += 1  # runs at trace time only: counts compilations
         # The per-step key is derived inside the compiled step (one dispatch per step).
-        new_state, metrics = raw_step(state, s, t, jax.random.fold_in(base_key, state.step))
+        new_state, metrics = exp.step(state, s, t, jax.random.fold_in(base_key, state.step))
         # The first step whose loss is non-finite, kept on the device: no host sync per step.
         finite = jnp.all(jnp.stack([jnp.isfinite(v) for k, v in metrics.items() if k.startswith("loss")]))
         first_bad = jnp.where((first_bad == 0) & ~finite, (state.step + 1).astype(jnp.int32), first_bad)
@@ -203,25 +263,7 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
         config.device_prefetch,
         lambda pair: (place(pair[0]), place(pair[1])),
     )
-    predict = make_predict_fn(model)
-
-    def run_eval(st: TrainState) -> dict[str, Any]:
-        variables = {"params": st.params["model"], **st.model_state}
-        out: dict[str, Any] = {}
-        tgt = [evaluate(predict, variables, t.split("test"), t.num_classes, config.eval_batch_size, x_key) for t in targets]
-        src = [evaluate(predict, variables, s.split("val"), s.num_classes, config.eval_batch_size, x_key) for s in sources]
-        if len(targets) > 1:  # each target on its own; the headline number is their unweighted mean
-            for name, t in zip(config.target_names, tgt):
-                out[f"target_test_accuracy/{name}"] = t["accuracy"]
-        out["target_test_accuracy"] = float(np.mean([t["accuracy"] for t in tgt]))
-        if len(targets) == 1:
-            out["target_test_per_class_accuracy"] = tgt[0]["per_class_accuracy"]
-        out["target_test_mean_class_accuracy"] = float(np.mean([t["mean_class_accuracy"] for t in tgt]))
-        if len(sources) > 1:
-            for name, v in zip(config.source_names, src):
-                out[f"source_val_accuracy/{name}"] = v["accuracy"]
-        out["source_val_accuracy"] = float(np.mean([v["accuracy"] for v in src]))
-        return out
+    predict = make_predict_fn(exp.model)
 
     for i in range(start_step, config.steps):
         s_dev, t_dev = next(batches)
@@ -229,18 +271,18 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
         if (i + 1) % config.log_every == 0 or i + 1 == config.steps:
             fetched, bad_step = jax.device_get((metrics, first_bad))
             logged = {k: float(v) for k, v in fetched.items()}
-            _check_finite(i + 1, logged, config, int(bad_step))
+            check_finite(i + 1, logged, config, int(bad_step))
             history.append({"step": i + 1, **logged})
             if on_log is not None:
                 on_log(i + 1, logged)
         if config.eval_every and (i + 1) % config.eval_every == 0 and i + 1 < config.steps:
-            history.append({"step": i + 1, **run_eval(state)})
+            history.append({"step": i + 1, **evaluate_state(exp, state, predict)})
         if ckpt is not None and (i + 1) % config.checkpoint_every == 0 and i + 1 < config.steps:
             save_checkpoint(ckpt, i + 1, state, history, config)
 
     if ckpt is not None:
         ckpt.close()
-    final = run_eval(state)
+    final = evaluate_state(exp, state, predict)
     history.append({"step": config.steps, **final})
     return RunResult(config, final, history, state, time.perf_counter() - start, traces[0])
 

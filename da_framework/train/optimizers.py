@@ -1,0 +1,101 @@
+"""The optimiser factory: one place that turns a name, a learning rate and a schedule into optax.
+
+Every trainer in the project builds its optimiser here -- :func:`da_framework.train.train` and
+the vmapped-seeds runner through :func:`make_optimizer` (from an :class:`ExperimentConfig`),
+the detector through :func:`build_optimizer` -- so a schedule or a weight-decay convention
+means the same thing everywhere.
+
+Learning-rate schedules (``count`` is the optimiser's step count, ``steps`` the run's length):
+
+* ``"constant"``;
+* ``"cosine"``: ``optax.cosine_decay_schedule(lr, steps)``;
+* ``"inv"``: DANN's ``lr * (1 + 10 count / steps)^-0.75`` (Ganin et al. 2016);
+* ``"inv:<gamma>"``: tllib's ``lr * (1 + gamma count)^-0.75`` (its ``--lr-gamma``);
+* ``"warmup_cosine"``: linear warm-up from 0 over ``steps // 20`` steps, then cosine decay.
+
+Optimisers: ``"sgd"`` (Nesterov momentum 0.9, weight decay added to the gradient, as tllib),
+``"adam"`` (no weight decay), ``"adamw"`` (decoupled weight decay).  ``grad_clip > 0`` clips
+the global gradient norm first.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import optax
+
+from da_framework.errors import UserError
+
+if TYPE_CHECKING:
+    from da_framework.config import ExperimentConfig
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class OptimizerError(UserError):
+    """Raised for an unknown optimiser or learning-rate schedule."""
+
+
+def learning_rate_schedule(learning_rate: float, schedule: str, steps: int) -> optax.ScalarOrSchedule:
+    """The learning rate as a constant or an optax schedule (names in the module docstring)."""
+    from da_framework.config import inv_gamma
+
+    if schedule == "constant":
+        return learning_rate
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, steps)
+    if schedule == "inv":  # DANN: lr / (1 + 10 p)^0.75
+        return lambda count: learning_rate * (1.0 + 10.0 * count / steps) ** -0.75
+    if schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(steps // 20, 1), max(steps, 2))
+    if (gamma := inv_gamma(schedule)) is not None:  # tllib: lr / (1 + gamma * step)^0.75
+        return lambda count: learning_rate * (1.0 + gamma * count) ** -0.75
+    raise OptimizerError(
+        f"unknown learning-rate schedule {schedule!r}; valid: constant, cosine, inv, inv:<gamma>, warmup_cosine"
+    )
+
+
+def build_optimizer(
+    name: str,
+    learning_rate: float,
+    *,
+    schedule: str = "constant",
+    steps: int = 1,
+    weight_decay: float = 0.0,
+    grad_clip: float = 0.0,
+) -> optax.GradientTransformation:
+    """The optimiser ``name`` with its learning-rate schedule, weight decay and clipping.
+
+    Args:
+      name: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+      learning_rate: the base learning rate.
+      schedule: a schedule name (module docstring).
+      steps: the run's length, for schedules that need it.
+      weight_decay: L2 coefficient (added to the gradient for SGD, decoupled for AdamW,
+        ignored by Adam).
+      grad_clip: clip the global gradient norm to this value first (0: no clipping).
+    """
+    lr = learning_rate_schedule(learning_rate, schedule, steps)
+    if name == "sgd":
+        opt = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, 0.9, nesterov=True))
+    elif name == "adamw":
+        opt = optax.adamw(lr, weight_decay=weight_decay)
+    elif name == "adam":
+        opt = optax.adam(lr)
+    else:
+        raise OptimizerError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if grad_clip:
+        opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
+    return opt
+
+
+def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
+    """The optimiser named by an experiment config (``optimizer``, ``learning_rate``, ``lr_schedule``, ...)."""
+    return build_optimizer(
+        config.optimizer,
+        config.learning_rate,
+        schedule=config.lr_schedule,
+        steps=config.steps,
+        weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip,
+    )
