@@ -100,13 +100,29 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``; elsewhere ``platform.processor()``), or ``"unknown"``.
+
+    XLA:CPU generates different kernels for different CPUs, so a bitwise reproduction is only
+    expected on the same CPU model: records keep it.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def platform_info() -> dict[str, Any]:
-    """Python, OS, CPU architecture and the JAX backend and devices."""
+    """Python, OS, CPU architecture and model, and the JAX backend and devices."""
     devices = jax.devices()
     return {
         "python": sys.version.split()[0],
         "system": platform.platform(),
         "machine": platform.machine(),
+        "cpu": cpu_model(),
         "jax_backend": jax.default_backend(),
         "devices": [d.device_kind for d in devices],
         "device_count": len(devices),

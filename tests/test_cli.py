@@ -38,3 +38,18 @@ def test_unknown_names_give_one_line_errors(tmp_path):
     r = runner.invoke(app, ["run", "digits_rotate", "--set", "stepz=3"])
     assert r.exit_code == 2 and "valid keys" in r.output
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_records_name_their_cpu_model_as_proc_cpuinfo_does():
+    """Bitwise reproduction depends on the CPU model (XLA:CPU kernels differ), so records keep it."""
+    from pathlib import Path
+
+    from da_framework.results import platform_info
+
+    cpu = platform_info()["cpu"]
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
+        assert names and cpu == names[0]
+    else:
+        assert isinstance(cpu, str) and cpu

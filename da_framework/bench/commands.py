@@ -199,6 +199,10 @@ def reproduce(
     if was.get("jax_backend") != now["jax_backend"] or record.get("versions", {}).get("jax") != _jax_version():
         console.print(f"[yellow]note:[/] recorded on {was.get('jax_backend')} jax {record.get('versions', {}).get('jax')}, "
                       f"rerun on {now['jax_backend']} jax {_jax_version()}: bitwise equality is only expected on the same setup")
+    if now["jax_backend"] == "cpu" and was.get("cpu") != now["cpu"]:
+        console.print(f"note: recorded on CPU {was.get('cpu', 'not recorded')!r}, rerun on {now['cpu']!r}: "
+                      "XLA:CPU rounds differently across CPU models, so bitwise equality is only expected on the same one",
+                      markup=False)
     console.print(f"recorded commit {record.get('git_commit')}, rerun wall time {result.wall_time_s:.1f}s")
     if diffs:
         console.print(f"[bold red]MISMATCH[/]: {len(diffs)} metric(s) differ" + (f" by more than {atol}" if atol else ""))
