@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 
 from da_framework.models.classifier import flatten_features
+from da_framework.models.pooling import max_pool
 
 
 class LeNet(nn.Module):
@@ -63,7 +64,7 @@ class LeNet(nn.Module):
                     x = nn.Dropout(self.dropout, deterministic=not train)(x)
                 if self.channel_dropout:
                     x = nn.Dropout(self.channel_dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool(x, (2, 2), strides=(2, 2))
             x = nn.relu(x)
         x = flatten_features(x)
         x = nn.relu(nn.Dense(self.dense)(x))
