@@ -37,6 +37,7 @@ import jax
 
 from da_framework.config import ConfigError, ExperimentConfig, from_dict
 from da_framework.errors import UserError
+from da_framework.xla_cpu import current_xla_flags
 
 RUN_FORMAT = "da_framework.run/1"  # a finished run
 DIVERGED_FORMAT = "da_framework.diverged/1"  # a run whose loss became non-finite
@@ -116,13 +117,14 @@ def cpu_model() -> str:
 
 
 def platform_info() -> dict[str, Any]:
-    """Python, OS, CPU architecture and model, and the JAX backend and devices."""
+    """Python, OS, CPU architecture and model, ``$XLA_FLAGS``, and the JAX backend and devices."""
     devices = jax.devices()
     return {
         "python": sys.version.split()[0],
         "system": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu_model(),
+        "xla_flags": current_xla_flags(),
         "jax_backend": jax.default_backend(),
         "devices": [d.device_kind for d in devices],
         "device_count": len(devices),

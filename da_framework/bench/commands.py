@@ -149,8 +149,9 @@ def reproduce(
     from da_framework.bench.reproduce import compare_metrics, config_of_record
     from da_framework.results import DIVERGED_FORMAT, RecordError, platform_info, read_record
     from da_framework.train.loop import NonFiniteLossError, train
+    from da_framework.xla_cpu import XlaFlagsError, use_xla_flags
 
-    errors = _user_errors()
+    errors = (*_user_errors(), XlaFlagsError)
     try:
         if not results_file.is_file():
             raise RecordError(f"no results file {results_file}")
@@ -159,6 +160,10 @@ def reproduce(
         if not (fmt.startswith("da_framework.run") or fmt.startswith("da_framework.fed") or fmt == DIVERGED_FORMAT):
             raise RecordError(f"{results_file} is a {fmt} record; da reproduce reruns run, federated and diverged records")
         config = config_of_record(record)
+        # The record's XLA flags: records from before flags were recorded ran with none.
+        recorded_flags = record.get("platform", {}).get("xla_flags", "")
+        if use_xla_flags(recorded_flags):
+            console.print(f"rerunning with the recorded XLA_FLAGS={recorded_flags!r}", markup=False)
     except errors as e:
         _fail(str(e), e)
     label = f"{config.source}→{config.target} | {config.method} | seed {config.seed}"
