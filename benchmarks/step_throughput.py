@@ -1,21 +1,26 @@
 """Train-step throughput: da_framework (JAX) against the same model and loss in PyTorch eager.
 
-Run by hand (not part of the tests); prints one table:
+Run by hand (not part of the tests); prints one table and, with ``--json``, writes it:
 
-    PYTHONPATH=$PWD python benchmarks/step_throughput.py --models lenet
+    PYTHONPATH=$PWD python benchmarks/step_throughput.py --models lenet --dtypes float32
     PYTHONPATH=$PWD python benchmarks/step_throughput.py --models resnet50 --methods dann --batch 4 --steps 3
 
 For every (model, method, dtype) the JAX train step (``da_framework.train.make_train_step``,
 compiled once with ``jax.jit``, state donated) and a plain PyTorch eager version of the same
-network, loss and optimiser, written the way Transfer-Learning-Library runs it (an
-``nn.Module``, a gradient-reversal ``autograd.Function``, a domain discriminator, MK-MMD on
-the bottleneck features, ``loss.backward(); optimizer.step()``), are timed in the same
-process, alternating JAX and PyTorch rounds so that both see the same machine load.  The
-table reports the median examples/s over rounds (source + target examples per second), the
-JAX/PyTorch ratio, the JAX compile time (lower + compile), the step's model FLOPs (matrix
-products and convolutions counted from its jaxpr, :mod:`da_framework.train.flops`) and, on
-a GPU, the model FLOPs utilisation: achieved FLOP/s over the device's peak (:data:`PEAK_TFLOPS`).  Data are synthetic batches already on the device: this measures the
+network, loss and optimiser (``torch_twins.py``, written the way Transfer-Learning-Library
+runs it) are timed in the same process in many short rounds, JAX and PyTorch alternating
+(and swapping which goes first every round) so that both see the same machine load.  Each
+round gives one JAX/PyTorch ratio; the table reports the median ratio and its inter-quartile
+range over rounds, the median examples/s of each side (source + target examples per second),
+the JAX compile time, the step's model FLOPs (matrix products and convolutions counted from
+its jaxpr, :mod:`da_framework.train.flops`) and, on a GPU, the model FLOPs utilisation
+(:data:`PEAK_TFLOPS`).  Data are synthetic batches already on the device: this measures the
 step, not the input pipeline.
+
+Both sides get the same threads: PyTorch's intra-op pool is set to the number of cores this
+process may run on (``os.sched_getaffinity``), which is the size of XLA:CPU's pool.  The
+header names the CPU model, those cores, the jax/jaxlib/torch versions, ``$XLA_FLAGS`` and the
+load average before and after.
 
 PyTorch is not a dependency of da_framework: ``pip install 'da_framework[bench]'`` (or
 ``pip install torch``); without it, or with ``--no-torch``, only the JAX columns are filled.  The PyTorch side
@@ -25,7 +30,11 @@ runs on CUDA when ``torch.cuda.is_available()``, else on CPU.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +45,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from da_framework.config import ExperimentConfig
-from da_framework.losses.mmd import DEFAULT_ALPHAS
 from da_framework.losses.registry import LossError, get_loss
 from da_framework.models import make_model
 from da_framework.train import init_train_state, make_optimizer, make_train_step, parse_method
@@ -57,12 +65,14 @@ PEAK_TFLOPS: dict[str, tuple[float, float]] = {
 MODELS: dict[str, dict[str, Any]] = {
     # the digits CNN (TLL / ADDA LeNet: conv20-conv50-dense500) on 28x28 grey images
     "lenet": dict(name="lenet", shape=(28, 28, 1), classes=10, batch=32, kwargs={}),
+    # the CIFAR-style ResNet-8 (BatchNorm) on 32x32 RGB images (CIFAR-10 / digits in colour)
+    "resnet8": dict(name="resnet8", shape=(32, 32, 3), classes=10, batch=32, kwargs={}),
     # ResNet-50 on 224x224 RGB (Office-31 has 31 classes)
     "resnet50": dict(name="resnet50", shape=(224, 224, 3), classes=31, batch=32, kwargs={}),
     # ViT-Base/16 on 224x224 RGB: a matmul-bound backbone (JAX side only; no PyTorch twin here)
     "vit_b16": dict(name="vit_b16", shape=(224, 224, 3), classes=31, batch=32, kwargs={}),
 }
-TORCH_MODELS = ("lenet", "resnet50")  # the models torch_runner has a PyTorch version of
+TORCH_MODELS = ("lenet", "resnet8", "resnet50")  # the models torch_twins.py has a PyTorch version of
 METHODS: dict[str, str] = {
     "source_only": "cross_entropy",
     "dann": "cross_entropy + 1.0*dann",
@@ -127,152 +137,6 @@ def jax_runner(model_name: str, method_name: str, dtype: str, batch: int, seed: 
     return Runner(run, compile_s, flops, compiled)
 
 
-# ----------------------------------------------------------------------------- PyTorch
-
-
-def torch_runner(model_name: str, method_name: str, dtype: str, batch: int, seed: int = 0) -> Runner:
-    """The same network, loss and optimiser in plain PyTorch eager (TLL style)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    torch.manual_seed(seed)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cudnn.benchmark = True  # as TLL's training scripts set it
-
-    class GradientReverse(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, coeff):  # noqa: ANN001
-            ctx.coeff = coeff
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, grad):  # noqa: ANN001
-            return -ctx.coeff * grad, None
-
-    class LeNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1, self.conv2 = nn.Conv2d(1, 20, 5, padding=2), nn.Conv2d(20, 50, 5, padding=2)
-            self.fc = nn.Linear(50 * 7 * 7, 500)
-            self.out_features = 500
-
-        def forward(self, x):  # noqa: ANN001
-            x = F.relu(F.max_pool2d(self.conv1(x), 2))
-            x = F.relu(F.max_pool2d(self.conv2(x), 2))
-            return F.relu(self.fc(torch.flatten(x, 1)))
-
-    class Block(nn.Module):
-        def __init__(self, cin: int, filters: int, stride: int) -> None:
-            super().__init__()
-            self.c1, self.b1 = nn.Conv2d(cin, filters, 1, bias=False), nn.BatchNorm2d(filters)
-            self.c2, self.b2 = nn.Conv2d(filters, filters, 3, stride, 1, bias=False), nn.BatchNorm2d(filters)
-            self.c3, self.b3 = nn.Conv2d(filters, 4 * filters, 1, bias=False), nn.BatchNorm2d(4 * filters)
-            self.proj = None
-            if stride != 1 or cin != 4 * filters:
-                self.proj = nn.Sequential(nn.Conv2d(cin, 4 * filters, 1, stride, bias=False), nn.BatchNorm2d(4 * filters))
-
-        def forward(self, x):  # noqa: ANN001
-            y = F.relu(self.b1(self.c1(x)))
-            y = F.relu(self.b2(self.c2(y)))
-            y = self.b3(self.c3(y))
-            return F.relu(y + (x if self.proj is None else self.proj(x)))
-
-    class ResNet50(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
-            layers, cin = [], 64
-            for stage, n in enumerate((3, 4, 6, 3)):
-                for b in range(n):
-                    layers.append(Block(cin, 64 * 2**stage, 2 if stage > 0 and b == 0 else 1))
-                    cin = 4 * 64 * 2**stage
-            self.layers = nn.Sequential(*layers)
-            self.out_features = cin
-
-        def forward(self, x):  # noqa: ANN001
-            return self.layers(self.stem(x)).mean(dim=(2, 3))
-
-    class Classifier(nn.Module):
-        def __init__(self, backbone: nn.Module, classes: int) -> None:
-            super().__init__()
-            self.backbone = backbone
-            self.bottleneck = nn.Sequential(nn.Linear(backbone.out_features, BOTTLENECK), nn.LayerNorm(BOTTLENECK), nn.ReLU())
-            self.head = nn.Linear(BOTTLENECK, classes)
-
-        def forward(self, x):  # noqa: ANN001
-            f = self.bottleneck(self.backbone(x))
-            return self.head(f), f
-
-    def discriminator(d: int) -> nn.Module:
-        return nn.Sequential(nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))
-
-    def mk_mmd(s, t):  # noqa: ANN001, ANN202  (biased MK-MMD^2, bandwidths from the joint batch)
-        joint = torch.cat([s, t])
-        d2 = torch.cdist(joint, joint).pow(2)
-        n = joint.shape[0]
-        scale = (d2.sum() / (n * (n - 1))).detach().clamp_min(1e-12)
-        k = sum(torch.exp(-d2 / (2 * a * scale)) for a in DEFAULT_ALPHAS) / len(DEFAULT_ALPHAS)
-        m = s.shape[0]
-        return k[:m, :m].mean() + k[m:, m:].mean() - 2 * k[:m, m:].mean()
-
-    spec = MODELS[model_name]
-    backbone = LeNet() if model_name == "lenet" else ResNet50()
-    model = Classifier(backbone, spec["classes"]).to(dev)
-    classes = spec["classes"]
-    disc = {"dann": discriminator(BOTTLENECK), "cdan": discriminator(BOTTLENECK * classes)}.get(method_name)
-    disc = disc.to(dev) if disc is not None else None
-    params = list(model.parameters()) + (list(disc.parameters()) if disc is not None else [])
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    h, w, c = spec["shape"]
-    g = torch.Generator().manual_seed(seed)
-    batches = [
-        tuple(
-            x.to(dev)
-            for x in (torch.rand(batch, c, h, w, generator=g), torch.rand(batch, c, h, w, generator=g), torch.randint(0, classes, (batch,), generator=g))
-        )
-        for _ in range(2)
-    ]
-    domain_labels = torch.cat([torch.ones(batch), torch.zeros(batch)]).to(dev)
-    model.train()
-    use_bf16 = dtype == "bfloat16"
-    box = {"step": 0}
-
-    def step(xs, xt, ys) -> torch.Tensor:  # noqa: ANN001
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=use_bf16):
-            logits, f = model(torch.cat([xs, xt]))
-        logits, f = logits.float(), f.float()
-        n = xs.shape[0]
-        loss = F.cross_entropy(logits[:n], ys)
-        p = min(box["step"] / 10_000, 1.0)
-        coeff = 2.0 / (1.0 + np.exp(-10 * p)) - 1.0
-        if method_name == "dann":
-            d = disc(GradientReverse.apply(f, coeff)).squeeze(1)
-            loss = loss + F.binary_cross_entropy_with_logits(d, domain_labels)
-        elif method_name == "cdan":  # multilinear conditioning, as TLL's CDAN default
-            g = F.softmax(logits, dim=1).detach()
-            hmap = torch.bmm(g.unsqueeze(2), GradientReverse.apply(f, coeff).unsqueeze(1)).flatten(1)
-            d = disc(hmap).squeeze(1)
-            loss = loss + F.binary_cross_entropy_with_logits(d, domain_labels)
-        elif method_name == "dan":
-            loss = loss + mk_mmd(f[:n], f[n:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        box["step"] += 1
-        return loss
-
-    def run(k: int) -> float:
-        t = time.perf_counter()
-        for i in range(k):
-            loss = step(*batches[i % 2])
-        loss.item()  # waits for the device
-        return time.perf_counter() - t
-
-    run(2)  # warm-up
-    return Runner(run)
-
-
 # ------------------------------------------------------------------------------- driver
 
 
@@ -301,32 +165,75 @@ def cdan_registered() -> bool:
     return True
 
 
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    """(25th percentile, median, 75th percentile) of ``xs`` (linear interpolation)."""
+    q = np.percentile(np.asarray(xs, float), [25, 50, 75])
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """What the numbers depend on: CPU, cores, versions, threads, XLA flags, load."""
+    from da_framework.results import cpu_model
+    from da_framework.xla_cpu import current_xla_flags
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    dev = jax.devices()[0]
+    return {
+        "cpu": cpu_model(), "cores_available": threads, "cpu_count": os.cpu_count(),
+        "device": f"{dev.device_kind} ({dev.platform})", "jax": jax.__version__, "jaxlib": version("jaxlib"),
+        "torch": version("torch"), "threads": threads, "xla_flags": current_xla_flags(),
+        "load_average_before": os.getloadavg(),
+    }
+
+
+def measure(jr: Runner, run_torch: Callable[[int], float] | None, batch: int, steps: int, rounds: int) -> dict[str, Any]:
+    """Interleaved rounds; per-round examples/s of each side and their per-round ratio."""
+    jax_eps, torch_eps = [], []
+    for r in range(rounds):
+        sides = [("jax", jr.run)] + ([("torch", run_torch)] if run_torch else [])
+        for name, run in sides if r % 2 == 0 else sides[::-1]:
+            eps = 2 * batch * steps / run(steps)
+            (jax_eps if name == "jax" else torch_eps).append(eps)
+    ratios = [j / t for j, t in zip(jax_eps, torch_eps)]
+    return {"jax_eps": jax_eps, "torch_eps": torch_eps, "ratios": ratios}
+
+
 def main() -> None:
     """Parses arguments, runs the interleaved rounds and prints the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="lenet,resnet50", help="comma list of: " + ", ".join(MODELS))
+    ap.add_argument("--models", default="lenet,resnet8,resnet50", help="comma list of: " + ", ".join(MODELS))
     ap.add_argument("--methods", default="source_only,dann,dan,cdan", help="comma list of: " + ", ".join(METHODS))
     ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--batch", type=int, default=None, help="per-domain batch (default: lenet 32; resnet50 32 on GPU, 4 on CPU)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per round (default: lenet 50, resnet50 20 GPU / 2 CPU)")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating JAX/PyTorch rounds (median reported)")
+    ap.add_argument("--batch", type=int, default=None, help="per-domain batch (default: 32; resnet50 on CPU 4)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 10; resnet50 20 GPU / 2 CPU)")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved JAX/PyTorch rounds (median and IQR reported)")
     ap.add_argument("--no-torch", action="store_true", help="time only the JAX step")
+    ap.add_argument("--json", type=str, default=None, help="also write the environment, rows and every round here")
     args = ap.parse_args()
 
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=170)
+    console = Console(width=190)
     on_gpu = jax.devices()[0].platform == "gpu"
-    have_torch = not args.no_torch
-    if have_torch:
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    run_torch_for = None
+    if not args.no_torch:
         try:
             import torch
+
+            torch.set_num_threads(threads)
+            from torch_twins import torch_step_runner as run_torch_for
         except ImportError:
             console.print("[yellow]torch not installed: PyTorch columns skipped (pip install torch)[/]")
-            have_torch = False
-    if have_torch and on_gpu and not torch.cuda.is_available():
+    if run_torch_for is not None and on_gpu and not torch.cuda.is_available():
         console.print("[yellow]the PyTorch side runs on CPU (CPU wheel); a fair GPU ratio needs a CUDA torch[/]")
+    env = environment(threads)
     notes = []
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "cdan" in methods and not cdan_registered():
@@ -335,46 +242,47 @@ def main() -> None:
 
     rows = []
     for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        big = model_name != "lenet"
-        batch = args.batch or (4 if big and not on_gpu else MODELS[model_name]["batch"])
-        steps = args.steps or (50 if not big else (20 if on_gpu else 2))
+        spec, big = MODELS[model_name], model_name in ("resnet50", "vit_b16")
+        batch = args.batch or (4 if big and not on_gpu else spec["batch"])
+        steps = args.steps or (10 if not big else (20 if on_gpu else 2))
         for method_name in methods:
             for dtype in [d.strip() for d in args.dtypes.split(",")]:
                 console.log(f"{model_name} {method_name} {dtype}: compiling")
                 jr = jax_runner(model_name, method_name, dtype, batch)
-                tr = torch_runner(model_name, method_name, dtype, batch) if have_torch and model_name in TORCH_MODELS else None
-                jax_eps, torch_eps = [], []
-                for _ in range(args.rounds):  # alternate, so both see the same load
-                    jax_eps.append(2 * batch * steps / jr.run(steps))
-                    if tr is not None:
-                        torch_eps.append(2 * batch * steps / tr.run(steps))
-                j = statistics.median(jax_eps)
-                t = statistics.median(torch_eps) if torch_eps else float("nan")
+                tr = None
+                if run_torch_for is not None and model_name in TORCH_MODELS:
+                    tr = run_torch_for(model_name, method_name, dtype, batch, spec["shape"], spec["classes"])
+                m = measure(jr, tr, batch, steps, args.rounds)
+                j, t = statistics.median(m["jax_eps"]), (statistics.median(m["torch_eps"]) if m["torch_eps"] else float("nan"))
+                q = quartiles(m["ratios"]) if m["ratios"] else (float("nan"),) * 3
                 peak = peak_flops(dtype)
                 mfu = jr.flops_per_step * j / (2 * batch) / peak if peak else None
-                rows.append((model_name, method_name, dtype, batch, steps, jr.compile_s, j, t, j / t, jr.flops_per_step, mfu))
-                console.log(
-                    f"  compile {jr.compile_s:.1f}s, {jr.flops_per_step / 1e9:.2f} GFLOP/step; jax {_num(j)} ex/s, "
-                    f"torch {_num(t)} ex/s (rounds: {[_num(x) for x in jax_eps]} / {[_num(x) for x in torch_eps]})"
-                )
+                rows.append(dict(model=model_name, method=method_name, dtype=dtype, batch=batch, steps=steps, rounds=args.rounds,
+                                 compile_s=jr.compile_s, jax_eps=j, torch_eps=t, ratio_q25=q[0], ratio_median=q[1], ratio_q75=q[2],
+                                 gflop_per_step=jr.flops_per_step / 1e9, mfu=mfu, per_round=m))
+                console.log(f"  compile {jr.compile_s:.1f}s; jax {_num(j)} ex/s, torch {_num(t)} ex/s, ratio {q[1]:.2f} [{q[0]:.2f}, {q[2]:.2f}]")
 
-    dev = jax.devices()[0]
-    table = Table(title=f"train-step throughput on {dev.device_kind} ({dev.platform}, {jax.device_count()} device(s))")
-    for col in ("model", "method", "dtype", "batch/domain", "steps", "JAX compile s", "JAX ex/s", "PyTorch ex/s", "JAX/PyTorch", "GFLOP/step", "MFU"):
+    env["load_average_after"] = os.getloadavg()
+    table = Table(title=f"train-step throughput on {env['cpu'] if not on_gpu else env['device']}, {threads} threads each side")
+    for col in ("model", "method", "dtype", "batch/domain", "steps x rounds", "JAX compile s", "JAX ex/s", "PyTorch ex/s",
+                "JAX/PyTorch median [IQR]", "GFLOP/step", "MFU"):
         table.add_column(col, justify="right" if col not in ("model", "method", "dtype") else "left")
-    for m, meth, dt, b, n, comp, j, t, ratio, fl, mfu in rows:
-        table.add_row(
-            m, meth, dt, str(b), str(n), f"{comp:.1f}", _num(j), "-" if np.isnan(t) else _num(t),
-            "-" if np.isnan(ratio) else f"{ratio:.2f}x", f"{fl / 1e9:.2f}", "n/a" if mfu is None else f"{100 * mfu:.1f}%",
-        )
+    for r in rows:
+        ratio = "-" if np.isnan(r["ratio_median"]) else f"{r['ratio_median']:.2f}x [{r['ratio_q25']:.2f}, {r['ratio_q75']:.2f}]"
+        table.add_row(r["model"], r["method"], r["dtype"], str(r["batch"]), f"{r['steps']} x {r['rounds']}", f"{r['compile_s']:.1f}",
+                      _num(r["jax_eps"]), "-" if np.isnan(r["torch_eps"]) else _num(r["torch_eps"]), ratio,
+                      f"{r['gflop_per_step']:.2f}", "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%")
     console.print(table)
-    if have_torch:
-        import torch
-
-        console.print(f"jax {jax.__version__} ({dev.platform}), torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    console.print(f"cpu {env['cpu']!r}: {threads} cores available of {env['cpu_count']}; jax {env['jax']}, jaxlib {env['jaxlib']}, "
+                  f"torch {env['torch']}; XLA_FLAGS={env['xla_flags']!r}; load average before {env['load_average_before']}, "
+                  f"after {env['load_average_after']}", markup=False)
     for note in notes:
         console.print(f"note: {note}")
-    console.print("examples/s = (source + target examples) per second, median over rounds; MFU only on GPU")
+    console.print("examples/s = (source + target examples) per second, median over rounds; ratio = per-round JAX/PyTorch; MFU only on GPU")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join(sys.argv), "environment": env, "rows": rows}, f, indent=1)
+        console.print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
