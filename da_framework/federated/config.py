@@ -17,6 +17,7 @@ from da_framework.config import ConfigError
 ALGORITHMS = ("fedavg", "fedprox")
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
 PARTITIONS = ("iid", "dirichlet", "quantity", "domain")
+CLIENT_EXECUTIONS = ("auto", "vmap", "scan", "chunk")  # da_framework.federated.execution.STRATEGIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +54,13 @@ class FedConfig:
         (federated transfer; 0: start from random initialisation).
       eval_every: evaluate the global model every this many rounds (0: only at the end).
       num_devices: devices the client axis is sharded over.
-      client_chunk: None vmaps all sampled clients at once; k maps over chunks of k
-        vmapped clients inside the same compiled program (faster for CNNs on CPU).
+      client_execution: how the compiled round runs its clients: ``"auto"`` (default:
+        ``"scan"`` for models with convolutions on CPU, else ``"vmap"``), ``"vmap"`` (all
+        at once), ``"scan"`` (one after another, each for its own number of steps) or
+        ``"chunk"`` (``client_chunk`` vmapped clients at a time); see
+        :mod:`da_framework.federated.execution`.  Same results, different speed.
+      client_chunk: clients per chunk for ``client_execution="chunk"`` (with ``"auto"``,
+        setting it selects ``"chunk"``).
     """
 
     algorithm: str = "fedavg"
@@ -81,6 +87,7 @@ class FedConfig:
     pretrain_steps: int = 0
     eval_every: int = 1
     num_devices: int = 1
+    client_execution: str = "auto"
     client_chunk: int | None = None
 
     def __post_init__(self) -> None:
@@ -109,6 +116,7 @@ class FedConfig:
             ("algorithm", self.algorithm, ALGORITHMS),
             ("server_optimizer", self.server_optimizer, SERVER_OPTIMIZERS),
             ("partition", self.partition, PARTITIONS),
+            ("client_execution", self.client_execution, CLIENT_EXECUTIONS),
         ):
             if value not in valid:
                 raise ConfigError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")

@@ -100,7 +100,8 @@ def run_federated(config: ExperimentConfig, fed: FedConfig, on_round: RoundLog |
     tx = server_optimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum, fed.server_b1, fed.server_b2, fed.server_tau)
     server_state = tx.init(params)
     max_examples = max(c.num_examples for c in clients)
-    round_fn = make_round_fn(spec, tx, max_examples, fed.clip_norm, fed.noise_multiplier, fed.client_chunk)
+    round_fn = make_round_fn(spec, tx, max_examples, fed.clip_norm, fed.noise_multiplier, fed.client_chunk,
+                             fed.client_execution, tuple(first.input_shape))
     mesh = make_client_mesh(fed.num_devices) if fed.num_devices > 1 else None
     params, server_state = replicate_tree(params, mesh), replicate_tree(server_state, mesh)
     predict = make_predict_fn(spec.model)

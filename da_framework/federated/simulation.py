@@ -27,6 +27,7 @@ clients and steps, unpadded data) that the engine must agree with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -40,6 +41,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from da_framework.errors import UserError
 from da_framework.federated.algorithms import aggregate, client_deltas, proximal_term, server_update
+from da_framework.federated.convs import loop_friendly_convs
+from da_framework.federated.execution import Execution, model_has_convolutions, resolve_execution
 from da_framework.losses.registry import LossInputs
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
@@ -211,18 +214,30 @@ def client_objective(
 
 
 def make_client_update(
-    spec: LocalTraining, max_examples: int
+    spec: LocalTraining, max_examples: int, loop_convs: bool = False
 ) -> Callable[[Params, ClientData, jax.Array], tuple[Params, dict[str, jax.Array]]]:
     """Builds ``client_update(global_params, data, key) -> (params, metrics)`` for ONE client.
 
-    The function is pure and unbatched; the engine ``vmap``s it over clients and the
-    Flower adapter calls it as is.  It runs ``E * ceil(N / B)`` scan steps, of which the
-    first ``ceil(n / B)`` of every epoch are real (the step mask).
+    The function is pure and unbatched; the engine maps it over clients and the Flower
+    adapter calls it as is.  Its local steps are a loop whose trip count is the client's own
+    ``E * ceil(n / B)`` (a ``while`` loop with a traced bound, so one compiled program serves
+    every client size); step ``s`` of epoch ``e`` has the step index ``t = e * ceil(N / B) + s``
+    (its key and progress), as if every epoch were padded to ``ceil(N / B)`` steps.  Under
+    ``vmap`` JAX turns the loop into ``max_k(E * ceil(n_k / B))`` steps with the finished
+    clients' states kept by a select, i.e. the padded, masked loop.
+
+    ``loop_convs=True`` routes the objective's convolutions through
+    :func:`da_framework.federated.convs.loop_friendly_convs` (same values; fast on XLA:CPU
+    inside the loop).
     """
     steps_per_epoch = spec.steps_per_epoch(max_examples)
     total_steps = spec.local_epochs * steps_per_epoch
     tx = spec.client_tx()
     b = spec.batch_size
+    objective = functools.partial(client_objective, spec)
+    if loop_convs:
+        objective = loop_friendly_convs(objective)
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
 
     def client_update(global_params: Params, data: ClientData, key: jax.Array) -> tuple[Params, dict[str, jax.Array]]:
         if data.mask.shape[-1] != max_examples:
@@ -235,28 +250,23 @@ def make_client_update(
         n_safe = jnp.maximum(n, 1)
         real_steps = (n + b - 1) // b
 
-        def step(carry, t):
+        def step(i, carry):
             params, opt_state, loss_sum = carry
-            e, s = t // steps_per_epoch, t % steps_per_epoch
+            e, s = i // jnp.maximum(real_steps, 1), i % jnp.maximum(real_steps, 1)
+            t = e * steps_per_epoch + s
             pos = s * b + jnp.arange(b)
             idx = orders[e][pos % n_safe]  # wrap around: every row is a real example
-            example_mask = pos < n
-            active = s < real_steps
-            progress = t.astype(jnp.float32) / total_steps
-            grad_fn = jax.value_and_grad(client_objective, argnums=1, has_aux=True)
             (loss, _), grads = grad_fn(
-                spec, params, global_params, data.x[idx], data.y[idx], example_mask, data.labeled,
-                jax.random.fold_in(k_steps, t), progress,
+                params, global_params, data.x[idx], data.y[idx], pos < n, data.labeled,
+                jax.random.fold_in(k_steps, t), t.astype(jnp.float32) / total_steps,
             )
-            updates, new_opt_state = tx.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
-            keep = lambda new, old: jax.tree.map(lambda a, c: jnp.where(active, a, c), new, old)  # noqa: E731
-            return (keep(new_params, params), keep(new_opt_state, opt_state), loss_sum + jnp.where(active, loss, 0.0)), None
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss_sum + loss
 
         init = (global_params, tx.init(global_params), jnp.zeros((), jnp.float32))
-        (params, _, loss_sum), _ = jax.lax.scan(step, init, jnp.arange(total_steps))
-        num_real = jnp.maximum(real_steps * spec.local_epochs, 1)
-        return params, {"loss": loss_sum / num_real, "local_steps": real_steps * spec.local_epochs}
+        num_real = real_steps * spec.local_epochs
+        params, _, loss_sum = jax.lax.fori_loop(0, num_real, step, init)
+        return params, {"loss": loss_sum / jnp.maximum(num_real, 1), "local_steps": num_real}
 
     return client_update
 
@@ -271,6 +281,8 @@ def make_round_fn(
     clip_norm: float | None = None,
     noise_multiplier: float = 0.0,
     client_chunk: int | None = None,
+    strategy: str | Execution = "auto",
+    input_shape: tuple[int, ...] | None = None,
 ) -> RoundFn:
     """Builds the jitted ``round_fn(global_params, server_state, clients, client_ids, key)``.
 
@@ -279,21 +291,55 @@ def make_round_fn(
     client's randomness is ``fold_in(key, id)``, so it does not depend on who else was
     sampled).  Returns ``(global_params, server_state, metrics)``.
 
-    ``client_chunk=None`` vmaps all clients at once (best on accelerators); an integer k
-    runs ``jax.lax.map(..., batch_size=k)``: k clients vmapped at a time, chunks in a
-    compiled loop.  On CPU, vmapping convolutions over per-client weights lowers to grouped
-    convolutions, which XLA:CPU runs slowly, so small chunks (even 1) can be faster there.
-    The result is the same either way.
+    ``strategy`` says how the clients run (:mod:`da_framework.federated.execution`):
+    ``"vmap"`` (all at once), ``"scan"`` (one after another, each for its own number of
+    steps), ``"chunk"`` (``client_chunk`` vmapped clients at a time, sorted by size) or
+    ``"auto"`` (scan for models with convolutions on CPU, else vmap; a given
+    ``client_chunk`` means chunk).  ``input_shape`` (one example's shape) lets ``"auto"``
+    look for convolutions without waiting for data; without it the model is traced on the
+    first call's data.  The result is the same either way, up to float rounding.
     """
-    client_update = make_client_update(spec, max_examples)
+    if isinstance(strategy, Execution):
+        return _jit_round(spec, server_tx, max_examples, clip_norm, noise_multiplier, strategy)
+    if input_shape is None:
+        built: dict[tuple[int, ...], RoundFn] = {}
+
+        def lazy(global_params, server_state, clients, client_ids, key):
+            shape = tuple(np.shape(clients.x)[2:])
+            if shape not in built:
+                built[shape] = make_round_fn(spec, server_tx, max_examples, clip_norm, noise_multiplier,
+                                             client_chunk, strategy, shape)
+            return built[shape](global_params, server_state, clients, client_ids, key)
+
+        return lazy
+    execution = resolve_execution(strategy, client_chunk, model_has_convolutions(spec.model, input_shape))
+    return _jit_round(spec, server_tx, max_examples, clip_norm, noise_multiplier, execution)
+
+
+def _run_clients(client_update: Callable, execution: Execution, global_params: Params, clients: ClientData,
+                 keys: jax.Array) -> tuple[Params, dict[str, jax.Array]]:
+    """Every client's ``client_update`` as the execution strategy says; outputs in client order."""
+    if execution.kind == "vmap":
+        return jax.vmap(client_update, in_axes=(None, 0, 0))(global_params, clients, keys)
+    if execution.kind == "scan":
+        return jax.lax.map(lambda a: client_update(global_params, *a), (clients, keys))
+    # chunk: sort by size so a chunk's clients need similar step counts, then undo the sort
+    order = jnp.argsort(clients.num_examples, stable=True)
+    take = lambda tree, idx: jax.tree.map(lambda v: v[idx], tree)  # noqa: E731
+    out = jax.lax.map(lambda a: client_update(global_params, *a), take((clients, keys), order),
+                      batch_size=execution.chunk)
+    return take(out, jnp.argsort(order))
+
+
+def _jit_round(spec: LocalTraining, server_tx: optax.GradientTransformation, max_examples: int,
+               clip_norm: float | None, noise_multiplier: float, execution: Execution) -> RoundFn:
+    """The jitted round for a resolved :class:`Execution`."""
+    client_update = make_client_update(spec, max_examples, loop_convs=execution.loop_convs)
 
     def round_fn(global_params, server_state, clients, client_ids, key):
         k_clients, k_noise = jax.random.split(key)
         keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(client_ids)
-        if client_chunk is None:
-            new_params, cm = jax.vmap(client_update, in_axes=(None, 0, 0))(global_params, clients, keys)
-        else:  # vmap over chunks of `client_chunk` clients, a loop over chunks, still one program
-            new_params, cm = jax.lax.map(lambda a: client_update(global_params, *a), (clients, keys), batch_size=client_chunk)
+        new_params, cm = _run_clients(client_update, execution, global_params, clients, keys)
         deltas = client_deltas(new_params, global_params)
         delta, am = aggregate(deltas, clients.num_examples, k_noise, clip_norm, noise_multiplier)
         params, server_state = server_update(global_params, server_state, delta, server_tx)
