@@ -157,3 +157,18 @@ def test_trainer_key_is_hashed_only_away_from_its_default():
     assert config_hash(base.replace(trainer="standard")) != config_hash(base)
     with pytest.raises(LossError, match="needs trainer 'mcd'"):
         train(ExperimentConfig(method="mcd", trainer="standard", steps=1, model="mlp", model_kwargs={"hidden": (8,)}))
+
+
+def test_a_state_returned_by_a_term_whose_init_had_none_is_an_error_not_dropped():
+    from da_framework.losses.registry import StatefulTerm, TermState, register_stateful_loss
+
+    @register_stateful_loss("_test_forgot_init_state", description="test", reference="test", overwrite=True)
+    def forgot() -> StatefulTerm:
+        def apply(ts, inputs):
+            return jnp.zeros(()), {"count": jnp.ones(())}, {}
+
+        return StatefulTerm(init=lambda key, inputs: TermState((), ()), apply=apply)
+
+    config = ExperimentConfig(method="cross_entropy + _test_forgot_init_state", steps=2, eval_every=0)
+    with pytest.raises(LossError, match="'_test_forgot_init_state': apply returned a state but init's TermState.state was empty"):
+        train(config)

@@ -44,6 +44,12 @@ from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, Te
 from da_framework.train.schedules import get_schedule
 
 
+
+def _stateless_init(key: str, fn: str) -> str:
+    """The error for a term whose ``fn`` returns a state although its ``init`` returned none."""
+    return (f"term {key!r}: {fn} returned a state but init's TermState.state was empty, so it would be "
+            f"dropped; return the state's initial value from init (TermState(params, state))")
+
 class MethodLoss(NamedTuple):
     """A method's loss on one step (:meth:`Method.loss`).
 
@@ -184,7 +190,10 @@ class Method:
         out = dict(states)
         for name, term in self.stateful_terms().items():
             if term.update is not None:
-                out[name] = term.update(states.get(name, ()), model_params, progress)
+                updated = term.update(states.get(name, ()), model_params, progress)
+                if name not in states and jax.tree.leaves(updated):
+                    raise LossError(_stateless_init(name, "update"))
+                out[name] = updated
         return out
 
     def loss(self, params: Mapping[str, Any], states: Mapping[str, Any], inputs: LossInputs) -> MethodLoss:
@@ -209,6 +218,8 @@ class Method:
                 value, new_state, extra = stateful[term.key].apply(term_state, term_inputs)
                 if term.key in states:
                     new_states[term.key] = new_state
+                elif jax.tree.leaves(new_state):
+                    raise LossError(_stateless_init(term.key, "apply"))
                 metrics.update({f"{term.key}/{m}": v for m, v in extra.items()})
             else:
                 value = get_loss(term.loss).fn(term_inputs, **dict(term.hparams))
