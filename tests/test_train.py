@@ -124,3 +124,22 @@ def test_bad_config_keys_and_values():
         ExperimentConfig(optimizer="lbfgs")
     with pytest.raises(ConfigError, match="'steps'"):
         ExperimentConfig(steps=0)
+
+
+def test_finetune_fit_stops_on_a_non_finite_loss():
+    """The shared finite-check (train/finite.py) guards the loops outside train() too."""
+    import numpy as np
+    import optax
+
+    from da_framework.models.registry import make_model
+    from da_framework.train.finite import NonFiniteLossError
+    from da_framework.transfer.finetune import fit
+
+    model = make_model("mlp", 3, None)
+    x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
+    y = np.arange(16) % 3
+    variables = model.init(jax.random.key(0), jnp.asarray(x))
+    ok = fit(model, dict(variables), optax.sgd(0.1), x, y, 3, jax.random.key(1))
+    assert jax.tree.structure(ok) == jax.tree.structure(dict(variables))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step [12] \(seen at the metric fetch of step 3\).*lower the learning rate"):
+        fit(model, dict(variables), optax.sgd(1e30), x * 1e30, y, 3, jax.random.key(1))

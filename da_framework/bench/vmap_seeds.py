@@ -88,7 +88,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResul
             fetched = jax.device_get(metrics)
             for k in range(len(seeds)):
                 logged = {name: float(v[k]) for name, v in fetched.items()}
-                check_finite(i + 1, logged, config)
+                check_finite(i + 1, logged, config.learning_rate)
                 histories[k].append({"step": i + 1, **logged})
         if config.eval_every and (i + 1) % config.eval_every == 0 and i + 1 < config.steps:
             for k in range(len(seeds)):

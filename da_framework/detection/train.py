@@ -35,6 +35,7 @@ from da_framework.detection.model import CenterPointDetector, decode_batch, dete
 from da_framework.detection.voc_eval import ImageDetections, ImageGroundTruth, evaluate_detections
 from da_framework.errors import UserError
 from da_framework.losses.mmd import mk_mmd
+from da_framework.train.finite import check_finite, first_bad_step
 from da_framework.train.optimizers import build_optimizer
 
 Batch = Mapping[str, jax.Array]
@@ -131,8 +132,16 @@ def make_optimizer(learning_rate: float, steps: int, weight_decay: float = 1e-4)
 def _jitted_step(
     model: CenterPointDetector, learning_rate: float, steps: int, grid: int, align_weight: float
 ) -> Callable:
-    """The jitted step for these settings, built once (so repeated fits compile once)."""
-    return jax.jit(make_detection_step(model, make_optimizer(learning_rate, steps), grid, align_weight))
+    """The jitted step for these settings, built once (so repeated fits compile once).
+
+    It also carries the first step whose loss was not finite (:func:`first_bad_step`)."""
+    raw = make_detection_step(model, make_optimizer(learning_rate, steps), grid, align_weight)
+
+    def step(state: DetectorState, batch: Batch, xs: jax.Array, xt: jax.Array, key: jax.Array, first_bad: jax.Array):
+        new, metrics = raw(state, batch, xs, xt, key)
+        return new, metrics, first_bad_step(first_bad, new.step, {"loss": metrics["loss"]})
+
+    return jax.jit(step)
 
 
 def fit(
@@ -182,13 +191,16 @@ def fit(
         a_bs = min(bs, len(align_source), len(align_target))
         src_it = batch_iterator(align_source, a_bs, seed + 1, fields=("image",))
         tgt_it = batch_iterator(align_target, a_bs, seed + 2, fields=("image",))
+    first_bad = jnp.zeros((), jnp.int32)
     for i in range(steps):
         batch = next(batches)
         if align_weight > 0:
             xs, xt = next(src_it)["image"], next(tgt_it)["image"]
         else:
             xs = xt = batch["image"][:2]
-        state, _ = step(state, batch, xs, xt, jax.random.fold_in(k_steps, i))
+        state, metrics, first_bad = step(state, batch, xs, xt, jax.random.fold_in(k_steps, i), first_bad)
+    loss, bad_step = jax.device_get((metrics["loss"], first_bad))
+    check_finite(steps, {"loss": float(loss)}, learning_rate, int(bad_step))
     return state.params
 
 

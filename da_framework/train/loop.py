@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from da_framework.config import ExperimentConfig
 from da_framework.data.domain import Domain, DomainError, batch_iterator
@@ -34,6 +34,7 @@ from da_framework.data.registry import get_domain
 from da_framework.models.registry import make_model
 from da_framework.train.checkpoint import open_checkpoints, restore_latest, save_checkpoint
 from da_framework.train.evaluate import evaluate, make_predict_fn
+from da_framework.train.finite import NonFiniteLossError, check_finite, first_bad_step  # noqa: F401 (NonFiniteLossError: re-exported)
 from da_framework.train.method import Method, parse_method
 from da_framework.train.optimizers import make_optimizer
 from da_framework.train.parallel import ParallelError, make_mesh, replicate, shard_batch
@@ -42,10 +43,6 @@ from da_framework.train.step import TrainStep
 from da_framework.train.trainers import get_trainer
 
 LogFn = Callable[[int, dict[str, float]], None]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when the training loss becomes NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -97,22 +94,6 @@ def check_domain_pair(source: Domain, target: Domain) -> None:
         raise DomainError(
             f"domains {source.name!r} ({source.num_classes} classes) and {target.name!r} "
             f"({target.num_classes} classes) have different label sets"
-        )
-
-
-def check_finite(step: int, metrics: dict[str, float], config: ExperimentConfig, first_bad: int | None = None) -> None:
-    """Raises NonFiniteLossError if a logged loss is NaN/inf (every runner's one finite-check).
-
-    ``first_bad`` is the first step whose loss was non-finite, tracked on the device between
-    two metric fetches (the logged step can be up to ``log_every`` steps later).
-    """
-    bad = {k: v for k, v in metrics.items() if k.startswith("loss") and not math.isfinite(v)}
-    if bad:
-        terms = ", ".join(f"{k}={v}" for k, v in bad.items())
-        where = f"step {first_bad} (seen at the metric fetch of step {step})" if first_bad and first_bad != step else f"step {step}"
-        raise NonFiniteLossError(
-            f"non-finite loss at {where} ({terms}); lower learning_rate (now "
-            f"{config.learning_rate}), lower the weights of the diverging terms, or set grad_clip"
         )
 
 
@@ -244,8 +225,7 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
         # The per-step key is derived inside the compiled step (one dispatch per step).
         new_state, metrics = exp.step(state, s, t, jax.random.fold_in(base_key, state.step))
         # The first step whose loss is non-finite, kept on the device: no host sync per step.
-        finite = jnp.all(jnp.stack([jnp.isfinite(v) for k, v in metrics.items() if k.startswith("loss")]))
-        first_bad = jnp.where((first_bad == 0) & ~finite, (state.step + 1).astype(jnp.int32), first_bad)
+        first_bad = first_bad_step(first_bad, state.step + 1, {k: v for k, v in metrics.items() if k.startswith("loss")})
         return new_state, metrics, first_bad
 
     step_fn = jax.jit(counted_step, donate_argnums=0)
@@ -271,7 +251,7 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
         if (i + 1) % config.log_every == 0 or i + 1 == config.steps:
             fetched, bad_step = jax.device_get((metrics, first_bad))
             logged = {k: float(v) for k, v in fetched.items()}
-            check_finite(i + 1, logged, config, int(bad_step))
+            check_finite(i + 1, logged, config.learning_rate, int(bad_step))
             history.append({"step": i + 1, **logged})
             if on_log is not None:
                 on_log(i + 1, logged)

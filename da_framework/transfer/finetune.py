@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from da_framework.train.finite import check_finite, first_bad_step
 from da_framework.transfer.weights import TransferError
 
 ExtraLoss = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (logits, x, y) -> scalar
@@ -76,16 +77,20 @@ def fit(
         return loss
 
     @jax.jit
-    def step(p: Any, opt_state: Any, k: jax.Array) -> tuple[Any, Any, jax.Array]:
+    def step(p: Any, opt_state: Any, k: jax.Array, i: jax.Array, first_bad: jax.Array) -> tuple[Any, Any, jax.Array, jax.Array]:
         k_idx, k_drop = jax.random.split(k)
         idx = jax.random.choice(k_idx, xj.shape[0], (bs,), replace=False)
         loss, grads = jax.value_and_grad(loss_fn)(p, xj[idx], yj[idx], k_drop)
         updates, opt_state = tx.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, loss
+        return optax.apply_updates(p, updates), opt_state, loss, first_bad_step(first_bad, i + 1, {"loss": loss})
 
     opt_state = tx.init(params)
+    first_bad, loss = jnp.zeros((), jnp.int32), jnp.zeros(())
     for i in range(steps):
-        params, opt_state, _ = step(params, opt_state, jax.random.fold_in(key, i))
+        params, opt_state, loss, first_bad = step(params, opt_state, jax.random.fold_in(key, i), jnp.int32(i), first_bad)
+    if steps:
+        last, bad_step = jax.device_get((loss, first_bad))
+        check_finite(steps, {"loss": float(last)}, None, int(bad_step))
     return {"params": params, **rest}
 
 
