@@ -42,7 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from da_framework.errors import UserError
 from da_framework.federated.algorithms import aggregate, client_deltas, proximal_term, server_update
 from da_framework.federated.convs import loop_friendly_convs
-from da_framework.federated.execution import Execution, model_has_convolutions, resolve_execution
+from da_framework.federated.execution import Execution, model_has_convolutions, resolve_execution, scan_and_average
 from da_framework.losses.registry import LossInputs
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
@@ -339,9 +339,12 @@ def _jit_round(spec: LocalTraining, server_tx: optax.GradientTransformation, max
     def round_fn(global_params, server_state, clients, client_ids, key):
         k_clients, k_noise = jax.random.split(key)
         keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(client_ids)
-        new_params, cm = _run_clients(client_update, execution, global_params, clients, keys)
-        deltas = client_deltas(new_params, global_params)
-        delta, am = aggregate(deltas, clients.num_examples, k_noise, clip_norm, noise_multiplier)
+        if execution.kind == "scan" and not noise_multiplier:  # average on the fly, no stacked updates
+            delta, am, cm = scan_and_average(client_update, global_params, clients, keys, clip_norm)
+        else:
+            new_params, cm = _run_clients(client_update, execution, global_params, clients, keys)
+            deltas = client_deltas(new_params, global_params)
+            delta, am = aggregate(deltas, clients.num_examples, k_noise, clip_norm, noise_multiplier)
         params, server_state = server_update(global_params, server_state, delta, server_tx)
         w = clients.num_examples.astype(jnp.float32)
         metrics = {"client_loss": jnp.sum(cm["loss"] * w) / jnp.maximum(jnp.sum(w), 1.0), **am}
