@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from da_framework.config import ExperimentConfig
@@ -174,7 +173,9 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 def environment(threads: int) -> dict[str, Any]:
     """What the numbers depend on: CPU, cores, versions, threads, XLA flags, load."""
     from da_framework.results import cpu_model
-    from da_framework.xla_cpu import current_xla_flags
+
+    def current_xla_flags() -> str:  # as da_framework.xla_cpu has it (absent in older checkouts)
+        return " ".join(os.environ.get("XLA_FLAGS", "").split())
 
     def version(name: str) -> str | None:
         try:
