@@ -44,7 +44,6 @@ from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, Te
 from da_framework.train.schedules import get_schedule
 
 
-
 def _stateless_init(key: str, fn: str) -> str:
     """The error for a term whose ``fn`` returns a state although its ``init`` returned none."""
     return (f"term {key!r}: {fn} returned a state but init's TermState.state was empty, so it would be "
