@@ -91,3 +91,10 @@ def test_auto_picks_scan_for_convolutions_on_cpu_and_vmap_otherwise():
     with pytest.raises(ConfigError, match="client_execution"):
         FedConfig(client_execution="pmap")
     assert FedConfig(client_execution="scan").client_execution == "scan"
+
+
+def test_default_client_execution_stays_out_of_the_config_dict():
+    # runs recorded before the key existed keep their config hash (and record checks)
+    assert "client_execution" not in FedConfig().to_dict()
+    assert FedConfig(client_execution="scan").to_dict()["client_execution"] == "scan"
+    assert FedConfig().replace(client_execution="chunk", client_chunk=4).client_execution == "chunk"

@@ -137,8 +137,13 @@ class FedConfig:
         return self.prox_mu if self.algorithm == "fedprox" else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of every field."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """A JSON-serialisable dict of every field (``client_execution`` only when not ``"auto"``:
+        the key came later, and leaving the default out keeps the config hashes and record
+        checks of runs recorded before it unchanged)."""
+        out = json.loads(json.dumps(dataclasses.asdict(self)))
+        if out["client_execution"] == "auto":
+            del out["client_execution"]
+        return out
 
     def replace(self, **overrides: Any) -> FedConfig:
         """A copy with ``overrides`` applied (unknown keys raise ConfigError)."""

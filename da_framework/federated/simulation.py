@@ -3,19 +3,21 @@
 A round is ``round_fn(global_params, server_state, clients, client_ids, key)``:
 
 1. every client starts from the global parameters and runs ``local_epochs`` passes of
-   minibatch SGD over its own data (:func:`make_client_update`); the clients are
-   ``jax.vmap``-ed over a stacked client axis and the local steps are a ``jax.lax.scan``;
+   minibatch SGD over its own data (:func:`make_client_update`; a loop of the client's own
+   number of steps); the clients run as the execution strategy says
+   (:mod:`da_framework.federated.execution`: all ``jax.vmap``-ed, a compiled loop over
+   clients, or chunks of vmapped clients; chosen per backend and model by default);
 2. the server averages the updates ``w_k - w`` (weighted by example counts, optional
    clipping and noise; :func:`da_framework.federated.algorithms.aggregate`) and applies its
    optax optimiser to the pseudo-gradient (FedOpt).
 
 Uneven client sizes: every client's data is zero-padded to the same length N with a
 boolean example mask (:class:`ClientData`).  An epoch of a client with n examples is
-``ceil(n / B)`` steps; the scan runs ``ceil(N / B)`` steps per epoch and a per-client
-*step mask* turns the extra steps into no-ops, and a per-example mask drops the padded
-rows of a client's last, partial batch from the supervised loss.  The shuffling order of
-an epoch is ``argsort`` of uniform keys (padded rows sorted last), so a client's batches
-depend only on its key, its data and N, never on the other clients.
+``ceil(n / B)`` steps and the client loops over exactly ``E * ceil(n / B)`` steps (vmapped,
+JAX runs the longest client's count and keeps the finished clients' states); a per-example
+mask drops the padded rows of a client's last, partial batch from the supervised loss.  The
+shuffling order of an epoch is ``argsort`` of uniform keys (padded rows sorted last), so a
+client's batches depend only on its key, its data and N, never on the other clients.
 
 With several devices the client axis is sharded over a 1-D mesh (``jax.jit`` + a
 ``NamedSharding``; no ``pmap``): each device runs its share of the clients, and the
