@@ -8,6 +8,7 @@ Transfer-Learning-Library runs them: an ``nn.Module``, a gradient-reversal
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -195,8 +196,6 @@ def torch_step_runner(
         return loss
 
     def run(k: int) -> float:
-        import time
-
         t = time.perf_counter()
         for i in range(k):
             loss = step(*batches[i % 2])
