@@ -6,6 +6,7 @@ from da_framework.data.domain import (
     Domain,
     DomainError,
     MappedSource,
+    RandomMappedSource,
     batch_iterator,
 )
 from da_framework.data.registry import domain_entries, domain_names, get_domain, register_domain
@@ -16,6 +17,7 @@ __all__ = [
     "Domain",
     "DomainError",
     "MappedSource",
+    "RandomMappedSource",
     "batch_iterator",
     "domain_entries",
     "domain_names",

@@ -16,6 +16,12 @@ Two kinds of sources exist:
   produced through a ``grain.MapDataset`` pipeline, read ahead by threads and optionally
   by worker processes (``workers``, ``read_threads``; config keys ``data_workers``,
   ``data_threads``).
+* :class:`RandomMappedSource`: like :class:`MappedSource` but its function also takes a
+  ``numpy.random.Generator`` (training-time augmentation, e.g. the random resized crop of
+  :mod:`da_framework.data.image_folder`).  :func:`batch_iterator` applies it with grain's
+  ``random_map`` *after* the shuffle and repeat, seeded by the iterator's seed, so every
+  epoch draws new augmentations and the stream is the same for a seed whatever the number
+  of worker processes.
 
 Both are iterated by :func:`batch_iterator`, which is deterministic given its seed.
 """
@@ -97,6 +103,33 @@ class MappedSource:
 
     def __getitem__(self, index: int) -> Record:
         return self.fn(self.source[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomMappedSource:
+    """A random-access source whose per-record function also draws random numbers.
+
+    :func:`batch_iterator` applies ``fn`` per element of its shuffled, repeated stream with a
+    generator seeded from the iterator's seed and the element's position in the stream
+    (grain's ``MapDataset.random_map``): new draws every epoch, one stream per seed.
+    Indexing the source directly (``src[i]``, evaluation) uses a generator seeded by
+    ``(seed, i)``: deterministic, the same on every call.
+
+    Attributes:
+      source: the underlying source (records before the random function).
+      fn: ``fn(record, rng) -> record`` with ``rng`` a ``numpy.random.Generator``.
+      seed: seed of direct indexing.
+    """
+
+    source: RandomAccessSource
+    fn: Callable[[Record, np.random.Generator], Record]
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Record:
+        return self.fn(self.source[index], np.random.default_rng((self.seed, index)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,14 +264,21 @@ def _grain_batches(
 ) -> Iterator[Batch]:
     import grain  # imported lazily: only non-array sources need it
 
-    ds = grain.MapDataset.source(source)
-    if fields is not None:
+    random_fn = source.fn if isinstance(source, RandomMappedSource) else None
+    ds = grain.MapDataset.source(source.source if random_fn is not None else source)
+    if fields is not None and random_fn is None:
         keep = tuple(fields)
         ds = ds.map(lambda r: {k: r[k] for k in keep})
     if shuffle:
         ds = ds.shuffle(seed=seed)
     if repeat:
         ds = ds.repeat()  # grain reshuffles every epoch of a shuffled dataset
+    if random_fn is not None:
+        # After shuffle/repeat: the generator is keyed by the position in the stream.
+        ds = ds.random_map(random_fn, seed=seed % 2**32)
+        if fields is not None:
+            keep = tuple(fields)
+            ds = ds.map(lambda r: {k: r[k] for k in keep})
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_collate)
     if not workers and not read_threads:
         yield from ds

@@ -28,6 +28,13 @@ x_test=..., y_test=...)``.
 Splits (the convention of the tfds catalog): ``train`` = the first 90% of the file's train
 arrays (``round(0.9 n)``), ``val`` = the last 10%, ``test`` = the test arrays.
 
+Image files (not ``.npz``) use the same data dir and the same ``<data_dir>/<dataset>/`` folder:
+``<data_dir>/<folder>/<class>/<image>`` is the domain ``imagefolder/<folder>``
+(:mod:`da_framework.data.image_folder`), and Office-31, Office-Home, VisDA-2017 and DomainNet are
+read from ``<data_dir>/office31/``, ``office_home/``, ``visda2017/`` and ``domainnet/`` in the layouts
+they are distributed in (:mod:`da_framework.data.image_datasets`; docs/image_datasets.md).  Those
+are decoded lazily, image by image, in grain's pipeline; nothing below applies to them.
+
 Images become float32 in [0, 1] (``value / 255``).  When the stored size already matches
 the domain's it is a vectorised reshape/cast (gray replicated to RGB where asked); only a
 resize (USPS 16 -> 28, anything -> 32) goes image by image through PIL's bilinear filter
