@@ -8,6 +8,12 @@ convolution, a learned class token and position embeddings, pre-LayerNorm encode
 LayerNorm of the class token as the feature vector.  ``vit_b16`` is ViT-Base/16 (86M
 parameters, 768 features); ``vit_tiny`` is a small configuration for tests and CPU runs.
 Its only normalisation is LayerNorm, so it has no mutable state (no ``batch_stats``).
+
+The arithmetic is timm's ``vision_transformer`` (``vit_base_patch16_224``), so imported timm
+weights (:mod:`da_framework.transfer.pretrained`) reproduce its features: LayerNorm epsilon
+1e-6, biased q/k/v projections scaled by ``head_dim ** -0.5``, the exact (erf) GELU, the
+position embedding covering the class token, and the final LayerNorm's class token as the
+pooled feature (timm's ``global_pool="token"``; its ``fc_norm`` is the identity there).
 """
 
 from __future__ import annotations
@@ -26,15 +32,16 @@ class EncoderBlock(nn.Module):
 
     num_heads: int
     mlp_dim: int
+    gelu_approximate: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps tokens (batch, tokens, width) to tokens of the same shape."""
-        y = nn.LayerNorm(name="norm1")(x)
+        y = nn.LayerNorm(epsilon=1e-6, name="norm1")(x)
         x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attention")(y, y)
-        y = nn.LayerNorm(name="norm2")(x)
+        y = nn.LayerNorm(epsilon=1e-6, name="norm2")(x)
         y = nn.Dense(self.mlp_dim, name="mlp_in")(y)
-        y = nn.Dense(x.shape[-1], name="mlp_out")(nn.gelu(y))
+        y = nn.Dense(x.shape[-1], name="mlp_out")(nn.gelu(y, approximate=self.gelu_approximate))
         return x + y
 
 
@@ -47,6 +54,8 @@ class ViT(nn.Module):
       depth: number of encoder blocks.
       num_heads: attention heads (must divide ``width``).
       mlp_dim: hidden width of each block's MLP.
+      gelu_approximate: True: GELU's tanh approximation (Flax's ``nn.gelu`` default);
+        False (default): the exact erf form, as torch's ``nn.GELU()`` and timm compute it.
     """
 
     patch: int = 16
@@ -54,6 +63,7 @@ class ViT(nn.Module):
     depth: int = 12
     num_heads: int = 12
     mlp_dim: int = 3072
+    gelu_approximate: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -74,8 +84,8 @@ class ViT(nn.Module):
         pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w + 1, c)).astype(x.dtype)
         x = x + pos
         for i in range(self.depth):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, name=f"block{i}")(x)
-        return nn.LayerNorm(name="norm")(x[:, 0])
+            x = EncoderBlock(self.num_heads, self.mlp_dim, self.gelu_approximate, name=f"block{i}")(x)
+        return nn.LayerNorm(epsilon=1e-6, name="norm")(x[:, 0])
 
 
 ViTB16 = functools.partial(ViT, patch=16, width=768, depth=12, num_heads=12, mlp_dim=3072)
