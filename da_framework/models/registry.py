@@ -36,16 +36,33 @@ class ModelError(UserError):
     """Raised for an unknown model name or bad model arguments."""
 
 
+# model_kwargs that say what to load into the model after initialisation, not how to build it:
+# train() reads them (da_framework.transfer.pretrained.load_for_training), make_model refuses them.
+LOAD_KEYS = ("pretrained", "pretrained_head")
+
+
+def build_kwargs(model_kwargs: Any) -> dict[str, Any]:
+    """A config's ``model_kwargs`` without the loading keys (:data:`LOAD_KEYS`): the backbone's arguments."""
+    return {k: v for k, v in dict(model_kwargs).items() if k not in LOAD_KEYS}
+
+
 def make_model(
     name: str, num_classes: int, bottleneck_dim: int | None = None, **backbone_kwargs: Any
 ) -> Classifier:
     """Builds ``Classifier(backbone=<name>(**backbone_kwargs), ...)``.
 
     Raises:
-      ModelError: for an unknown name (the message lists valid names) or bad kwargs.
+      ModelError: for an unknown name (the message lists valid names), bad kwargs, or a
+        loading key (:data:`LOAD_KEYS`), which only a caller that initialises the weights reads.
     """
     if name not in BACKBONES:
         raise ModelError(f"unknown model {name!r}; valid models: {', '.join(BACKBONES)}")
+    loading = [k for k in LOAD_KEYS if k in backbone_kwargs]
+    if loading:
+        raise ModelError(
+            f"model_kwargs {loading[0]!r} is loaded by train() after initialisation, not built by make_model; "
+            "pass **build_kwargs(model_kwargs) and load the file with da_framework.transfer.pretrained.load_pretrained"
+        )
     try:
         backbone = BACKBONES[name][0](**backbone_kwargs)
     except TypeError as e:

@@ -31,7 +31,7 @@ from da_framework.config import ExperimentConfig
 from da_framework.data.domain import Domain, DomainError, batch_iterator
 from da_framework.data.prefetch import prefetch_to_device
 from da_framework.data.registry import get_domain
-from da_framework.models.registry import make_model
+from da_framework.models.registry import LOAD_KEYS, build_kwargs, make_model
 from da_framework.train.checkpoint import open_checkpoints, restore_latest, save_checkpoint
 from da_framework.train.evaluate import evaluate, make_predict_fn
 from da_framework.train.finite import NonFiniteLossError, check_finite, first_bad_step  # noqa: F401 (NonFiniteLossError: re-exported)
@@ -56,6 +56,8 @@ class RunResult:
       state: the final train state.
       wall_time_s: seconds from start to end of training and evaluation.
       compile_count: times the train step was traced (1 for a healthy run).
+      pretrained: what ``model_kwargs["pretrained"]`` loaded after initialisation (a
+        :class:`~da_framework.transfer.weights.TransferReport`), or None.
     """
 
     config: ExperimentConfig
@@ -64,6 +66,7 @@ class RunResult:
     state: TrainState
     wall_time_s: float
     compile_count: int
+    pretrained: Any = None
 
 
 def joint_batches(
@@ -131,7 +134,7 @@ def build(config: ExperimentConfig) -> Experiment:
     for other in sources[1:] + targets:
         check_domain_pair(sources[0], other)
     method = parse_method(config.method)
-    model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, **config.model_kwargs)
+    model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, **build_kwargs(config.model_kwargs))
     tx = make_optimizer(config)
     step = get_trainer(config.trainer, method)(
         model, method, tx, config.steps, input_key=sources[0].input_key, compute_dtype=config.compute_dtype,
@@ -152,12 +155,36 @@ def batch_streams(exp: Experiment, stream: int, batch_size: int) -> tuple[Any, A
     return src, tgt
 
 
-def init_state(exp: Experiment, key: jax.Array, source_batch: Any, target_batch: Any) -> TrainState:
-    """Init: the train state from the first batches (shapes as in training)."""
+def init_state(
+    exp: Experiment, key: jax.Array, source_batch: Any, target_batch: Any, pretrained: dict[str, Any] | None = None
+) -> TrainState:
+    """Init: the train state from the first batches (shapes as in training).
+
+    ``pretrained``: leaves that replace the initial model variables (:func:`load_pretrained_for`);
+    needed when the config's ``model_kwargs`` name a ``pretrained`` file.
+    """
+    if pretrained is None and any(k in exp.config.model_kwargs for k in LOAD_KEYS):
+        from da_framework.transfer.pretrained import PretrainedError
+
+        raise PretrainedError("model_kwargs 'pretrained' is loaded by train(); this runner initialises without it")
     x_key = exp.input_key
     return init_train_state(
-        key, exp.model, exp.method, exp.tx, source_batch[x_key], target_batch[x_key], source_batch["label"]
+        key, exp.model, exp.method, exp.tx, source_batch[x_key], target_batch[x_key], source_batch["label"],
+        pretrained=pretrained,
     )
+
+
+def load_pretrained_for(exp: Experiment, key: jax.Array, source_batch: Any, target_batch: Any) -> tuple[Any, Any]:
+    """``(values, report)`` of the file named by ``model_kwargs["pretrained"]``, converted for
+    the model (checked against its initial shapes, not initialised), or ``(None, None)``."""
+    if not any(k in exp.config.model_kwargs for k in LOAD_KEYS):
+        return None, None
+    from da_framework.transfer.pretrained import load_for_training
+
+    joint = jnp.concatenate([source_batch[exp.input_key], target_batch[exp.input_key]])
+    values, report = load_for_training(exp.model, exp.config.model, exp.config.model_kwargs, key, joint)
+    print(f"pretrained {exp.config.model_kwargs['pretrained']} -> {exp.config.model}: {report.summary()}")
+    return values, report
 
 
 def evaluate_state(exp: Experiment, state: TrainState, predict: Callable[..., Any] | None = None) -> dict[str, Any]:
@@ -208,7 +235,8 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
 
     key_init, key_steps = jax.random.split(jax.random.key(config.seed))
     first_s, first_t = next(src_it), next(tgt_it)
-    state = jax.jit(functools.partial(init_state, exp))(key_init, first_s, first_t)
+    pretrained, pretrained_report = load_pretrained_for(exp, key_init, first_s, first_t)
+    state = jax.jit(functools.partial(init_state, exp))(key_init, first_s, first_t, pretrained)
     history: list[dict[str, Any]] = []
     s_batch, t_batch = first_s, first_t
     ckpt, start_step = open_checkpoints(config), 0
@@ -264,7 +292,7 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
         ckpt.close()
     final = evaluate_state(exp, state, predict)
     history.append({"step": config.steps, **final})
-    return RunResult(config, final, history, state, time.perf_counter() - start, traces[0])
+    return RunResult(config, final, history, state, time.perf_counter() - start, traces[0], pretrained_report)
 
 
 def params_checksum(state: TrainState) -> float:

@@ -43,6 +43,7 @@ def init_train_state(
     source_inputs: jax.Array,
     target_inputs: jax.Array,
     source_labels: jax.Array,
+    pretrained: Any = None,
 ) -> TrainState:
     """Initialises model, auxiliary networks and optimiser from example batches.
 
@@ -53,10 +54,17 @@ def init_train_state(
       tx: the optimiser.
       source_inputs, target_inputs: example batches (shapes as in training).
       source_labels: example source labels.
+      pretrained: ``{"params/backbone/Conv_0/kernel": array, ...}``, leaves replacing the
+        initial model variables before anything reads them (so an L2-SP anchor or a mean
+        teacher starts from them too); see :mod:`da_framework.transfer.pretrained`.
     """
     k_model, k_aux, k_loss = jax.random.split(key, 3)
     joint = jnp.concatenate([source_inputs, target_inputs])
     variables = model.init(k_model, joint, train=False)
+    if pretrained:
+        from da_framework.transfer.pretrained import merge_variables
+
+        variables = merge_variables(variables, pretrained)
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
     logits, feats = model.apply(variables, joint, train=False)
