@@ -30,11 +30,21 @@ def bench(
     results_dir: Annotated[Path, typer.Option(help="where result JSON files go")] = Path("results"),
     max_runs: Annotated[int | None, typer.Option(min=0, help="stop after this many new runs (the rest stay pending)")] = None,
     vmap_seeds: Annotated[bool, typer.Option(help="train the pending seeds of each (pair, method, grid point) as one vmapped program")] = False,
+    launcher: Annotated[str, typer.Option(help="where runs execute: local, multi-device, ray or slurm")] = "local",
+    retries: Annotated[int, typer.Option(min=0, help="non-local launchers: rerun runs a dead worker left pending this many times")] = 2,
+    workers: Annotated[int | None, typer.Option(min=1, help="multi-device: worker processes (default: one per local accelerator; 1 on CPU)")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="ray: cluster address ('auto', 'ray://host:10001'); default starts a local one")] = None,
+    cpus_per_run: Annotated[float | None, typer.Option(min=0.0, help="ray/slurm: CPUs reserved per run (ray default 1, slurm 2)")] = None,
+    gpus_per_run: Annotated[float | None, typer.Option(min=0.0, help="ray/slurm: GPUs reserved per run (default 0)")] = None,
+    slurm_partition: Annotated[str | None, typer.Option(help="slurm: partition to submit to")] = None,
+    slurm_timeout_min: Annotated[int | None, typer.Option(min=1, help="slurm: time limit per run in minutes (default 60)")] = None,
+    slurm_cluster: Annotated[str | None, typer.Option(help="slurm: submitit cluster ('local' runs the jobs as local subprocesses)")] = None,
 ) -> None:
     """Run every run of a sweep that has no result yet (methods x pairs x seeds x grid); resumable.
 
-    Several ``da bench`` processes may work on one results folder at once: each claims a run
-    before starting it, so no run is done twice.
+    Several ``da bench`` processes, on one host or many, with any mix of launchers, may
+    work on one results folder at once: each run is claimed before it starts, so no run is
+    done twice, and a killed worker's run stays pending for the next attempt.
     """
     from da_framework.bench.sweep import (
         check_done,
@@ -58,7 +68,24 @@ def bench(
     todo = pending(runs)
     if max_runs is not None:
         todo = todo[:max_runs]
-    console.print(f"sweep {escape(spec['name'])!s}: {len(runs)} runs, {len(runs) - len(pending(runs))} already done, running {len(todo)}")
+    console.print(f"sweep {escape(spec['name'])!s}: {len(runs)} runs, {len(runs) - len(pending(runs))} already done, running {len(todo)}"
+                  + (f" with --launcher {launcher}" if launcher != "local" else ""))
+    from da_framework.bench.launchers import LAUNCHERS
+
+    if launcher not in LAUNCHERS:
+        _fail(f"unknown launcher {launcher!r}; valid launchers: {', '.join(LAUNCHERS)}")
+    stray = _stray_options(launcher, {"--workers": workers, "--ray-address": ray_address, "--cpus-per-run": cpus_per_run,
+                                      "--gpus-per-run": gpus_per_run, "--slurm-partition": slurm_partition,
+                                      "--slurm-timeout-min": slurm_timeout_min, "--slurm-cluster": slurm_cluster})
+    if stray:
+        _fail(f"{', '.join(stray)} do not apply to --launcher {launcher}")
+    if launcher != "local":
+        if vmap_seeds:
+            _fail("--vmap-seeds runs with --launcher local only; drop one of them")
+        _launch(launcher, runs, todo, results_dir, retries=retries, workers=workers, address=ray_address,
+                cpus=cpus_per_run, gpus=gpus_per_run, partition=slurm_partition, timeout_min=slurm_timeout_min,
+                cluster=slurm_cluster)
+        return
     busy = 0
     with RunProgress(console, len(todo)) as progress:
         if vmap_seeds:
@@ -99,6 +126,65 @@ def bench(
     left = len(pending(runs))
     console.print(f"done: {len(runs) - left}/{len(runs)} runs finished" + (f", {left} pending" if left else "")
                   + (f" ({busy} of them running in another process)" if busy else ""))
+
+
+def _launch(launcher: str, runs: list[Any], todo: list[Any], results_dir: Path, *, retries: int, workers: int | None,
+            address: str | None, cpus: float | None, gpus: float | None, partition: str | None,
+            timeout_min: int | None, cluster: str | None) -> None:
+    """``da bench --launcher multi-device|ray|slurm``: hands ``todo`` to the launcher and
+    prints one line per finished run as it arrives."""
+    from da_framework.bench.launchers import LauncherError, launch
+    from da_framework.bench.sweep import pending
+
+    options: dict[str, Any]
+    if launcher == "multi-device":
+        options = {"workers": workers}
+    elif launcher == "ray":
+        options = {"address": address, "num_cpus": cpus, "num_gpus": gpus}
+    elif launcher == "slurm":
+        options = {"partition": partition, "timeout_min": timeout_min, "cluster": cluster,
+                   "cpus_per_task": None if cpus is None else int(cpus), "gpus_per_task": None if gpus is None else int(gpus)}
+    else:
+        options = {}
+    counts = {"done": 0, "diverged": 0, "failed": 0}
+
+    def on_outcome(o: Any) -> None:
+        name = escape(Path(o.path).relative_to(results_dir.absolute()) if o.path and Path(o.path).is_relative_to(results_dir.absolute()) else o.path)
+        if o.status == "done":
+            counts["done"] += 1
+            console.print(f"[{counts['done'] + counts['diverged']}/{len(todo)}] {name}: target acc {o.target_accuracy:.3f} "
+                          f"({o.wall_time_s:.1f}s on {escape(o.worker)})")
+        elif o.status == "diverged":
+            counts["diverged"] += 1
+            console.print(f"[yellow]diverged:[/] {name}: {escape(o.error)}")
+        elif o.status == "failed":
+            counts["failed"] += 1
+            console.print(f"[red]failed[/] {name or escape(o.worker)}: {escape(o.error)} (stays pending)", soft_wrap=True)
+
+    started = time.perf_counter()
+    try:
+        attempts = launch(launcher, todo, on_outcome, retries=retries, results_dir=results_dir / _sweep_folder(runs, results_dir),
+                          **{k: v for k, v in options.items() if v is not None})
+    except (*_user_errors(), LauncherError) as e:
+        _fail(str(e), e)
+    left = len(pending(runs))
+    console.print(f"done: {len(runs) - left}/{len(runs)} runs finished" + (f", {left} pending" if left else "")
+                  + f" ({time.perf_counter() - started:.1f}s, {attempts} attempt{'s' if attempts != 1 else ''})")
+
+
+_OPTION_LAUNCHERS = {"--workers": {"multi-device"}, "--ray-address": {"ray"}, "--cpus-per-run": {"ray", "slurm"},
+                     "--gpus-per-run": {"ray", "slurm"}, "--slurm-partition": {"slurm"}, "--slurm-timeout-min": {"slurm"},
+                     "--slurm-cluster": {"slurm"}}
+
+
+def _stray_options(launcher: str, given: dict[str, Any]) -> list[str]:
+    """The launcher options that were given but do not apply to ``launcher``."""
+    return [k for k, v in given.items() if v is not None and launcher not in _OPTION_LAUNCHERS[k]]
+
+
+def _sweep_folder(runs: list[Any], results_dir: Path) -> Path:
+    """The sweep's own folder under ``results_dir`` (the first path part of its records)."""
+    return Path(Path(runs[0].path).relative_to(results_dir).parts[0]) if runs else Path(".")
 
 
 class _claim_all:
