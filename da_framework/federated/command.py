@@ -75,11 +75,15 @@ def load_fed_experiment(experiment: str) -> tuple[Any, Any]:
     return config, fed_config_from_dict(dict(module.FED_CONFIG))
 
 
-def fed_result_path(results_dir: Path, config: Any, fed: Any) -> Path:
-    """``<results_dir>/<experiment>/fed_<algorithm>_<server optimizer>/cfg-<hash>/seed<k>.json``."""
+ENGINES = ("jax", "flower-sim")
+
+
+def fed_result_path(results_dir: Path, config: Any, fed: Any, engine: str = "jax") -> Path:
+    """``<results_dir>/<experiment>/fed_<algorithm>_<server optimizer>/cfg-<hash>/seed<k>.json``
+    (``fed_<algorithm>_<server optimizer>_<engine>`` for an engine other than ``jax``)."""
     from da_framework.results import config_hash, slug
 
-    folder = slug(f"fed_{fed.algorithm}_{fed.server_optimizer}")
+    folder = slug(f"fed_{fed.algorithm}_{fed.server_optimizer}" + ("" if engine == "jax" else f"_{engine}"))
     return results_dir / slug(config.name) / folder / f"cfg-{config_hash(config, fed.to_dict())}" / f"seed{config.seed}.json"
 
 
@@ -145,6 +149,8 @@ def fed(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override an experiment or federated key: key=value")] = None,
     results_dir: Annotated[Path, typer.Option(help="where result JSON files go")] = Path("results"),
     force: Annotated[bool, typer.Option(help="rerun when the result file already exists")] = False,
+    engine: Annotated[str, typer.Option(help="jax: the in-process compiled simulation; flower-sim: the same "
+                                             "experiment on Flower's simulation runtime (needs the fed extra)")] = "jax",
 ) -> None:
     """Federated training (FedAvg/FedProx/FedOpt) of one experiment; progress per round, one result file."""
     from da_framework.cli import fail
@@ -154,6 +160,14 @@ def fed(
     from da_framework.results import check_record, check_writable, claim, read_record, write_json_atomic
 
     errors = (*user_errors(), FloatingPointError)
+    if engine not in ENGINES:
+        fail(f"unknown --engine {engine!r}; engines: {', '.join(ENGINES)}")
+    run_engine = run_federated
+    if engine == "flower-sim":
+        try:
+            from da_framework.federated.flower import run_flower_simulation as run_engine
+        except ImportError as e:
+            fail(f"--engine flower-sim needs Flower: {e}", e)
     try:
         config, fed_cfg = load_fed_experiment(experiment)
         exp_over, fed_over = _split_overrides(set_ or [])
@@ -164,7 +178,7 @@ def fed(
         if seed is not None:
             exp_over["seed"] = seed
         config, fed_cfg = config.replace(**exp_over), fed_cfg.replace(**fed_over)
-        path = fed_result_path(results_dir, config, fed_cfg)
+        path = fed_result_path(results_dir, config, fed_cfg, engine)
         if path.exists() and not force:
             check_record(read_record(path), path, config, fed_cfg.to_dict())
             console.print(f"[dim]skip (done): {escape(path)} holds this run; pass --force to rerun[/]", soft_wrap=True)
@@ -174,7 +188,7 @@ def fed(
     except errors as e:
         fail(str(e), e)
 
-    label = f"{config.name} | {fed_cfg.algorithm} | seed {config.seed}"
+    label = f"{config.name} | {fed_cfg.algorithm} | seed {config.seed}" + ("" if engine == "jax" else f" | {engine}")
     with claim(path) as mine:
         if not mine:
             fail(f"{path} is being run by another process right now; wait for it or use another --results-dir")
@@ -187,11 +201,14 @@ def fed(
                 on_log(r, {"loss": float(m["client_loss"])})
 
             try:
-                result = run_federated(config, fed_cfg, on_round=on_round)
+                result = run_engine(config, fed_cfg, on_round=on_round)
             except errors as e:
                 fail(f"{label}: {e}", e)
             progress.done(f"{escape(label)}: finished in {result.wall_time_s:.1f}s")
-        write_json_atomic(path, fed_record(config, fed_cfg, result))
+        record = fed_record(config, fed_cfg, result)
+        if engine != "jax":
+            record["engine"] = engine
+        write_json_atomic(path, record)
     table = Table(title=f"{config.name}: global model after {fed_cfg.rounds} rounds ({result.wall_time_s:.1f}s)")
     table.add_column("metric"), table.add_column("value", justify="right")
     for k, v in result.metrics.items():

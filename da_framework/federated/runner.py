@@ -89,12 +89,34 @@ def init_global_params(config: ExperimentConfig, fed: FedConfig, spec: LocalTrai
     return variables["params"]
 
 
+def eval_domains(config: ExperimentConfig, fed: FedConfig) -> dict[str, Any]:
+    """The domains the global model is evaluated on: every client domain, then the targets."""
+    return {name: get_domain(name, config.data_dir) for name in (*fed.domains, *fed.target_domains)}
+
+
+def make_global_eval(config: ExperimentConfig, fed: FedConfig, model: Any, domains: dict[str, Any]) -> Callable[[Any], dict[str, Any]]:
+    """``evaluate(params) -> metrics``: test accuracy of the global model on each of
+    ``domains``, their mean, and the mean over ``fed.target_domains`` (if any)."""
+    predict = make_predict_fn(model)
+
+    def run_eval(p: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, dom in domains.items():
+            out[f"test_accuracy/{name}"] = evaluate(predict, {"params": p}, dom.split("test"), dom.num_classes, config.eval_batch_size, dom.input_key)["accuracy"]
+        out["test_accuracy"] = float(np.mean([out[f"test_accuracy/{n}"] for n in domains]))
+        if fed.target_domains:
+            out["target_test_accuracy"] = float(np.mean([out[f"test_accuracy/{n}"] for n in fed.target_domains]))
+        return out
+
+    return run_eval
+
+
 def run_federated(config: ExperimentConfig, fed: FedConfig, on_round: RoundLog | None = None) -> FedResult:
     """Runs ``fed.rounds`` rounds of federated training and evaluates the global model."""
     start = time.perf_counter()
     clients = make_clients(config, fed)
-    eval_domains = {name: get_domain(name, config.data_dir) for name in (*fed.domains, *fed.target_domains)}
-    first = next(iter(eval_domains.values()))
+    domains = eval_domains(config, fed)
+    first = next(iter(domains.values()))
     spec = local_training(config, fed, first.num_classes)
     params = init_global_params(config, fed, spec, first.input_shape)
     tx = server_optimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum, fed.server_b1, fed.server_b2, fed.server_tau)
@@ -104,17 +126,8 @@ def run_federated(config: ExperimentConfig, fed: FedConfig, on_round: RoundLog |
                              fed.client_execution, tuple(first.input_shape))
     mesh = make_client_mesh(fed.num_devices) if fed.num_devices > 1 else None
     params, server_state = replicate_tree(params, mesh), replicate_tree(server_state, mesh)
-    predict = make_predict_fn(spec.model)
+    run_eval = make_global_eval(config, fed, spec.model, domains)
     key = jax.random.key(config.seed)
-
-    def run_eval(p: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, dom in eval_domains.items():
-            out[f"test_accuracy/{name}"] = evaluate(predict, {"params": p}, dom.split("test"), dom.num_classes, config.eval_batch_size, dom.input_key)["accuracy"]
-        out["test_accuracy"] = float(np.mean([out[f"test_accuracy/{n}"] for n in eval_domains]))
-        if fed.target_domains:
-            out["target_test_accuracy"] = float(np.mean([out[f"test_accuracy/{n}"] for n in fed.target_domains]))
-        return out
 
     history: list[dict[str, Any]] = []
     for r in range(fed.rounds):
