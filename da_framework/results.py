@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -165,7 +166,34 @@ def make_record(config: ExperimentConfig, metrics: dict[str, Any], history: list
         "versions": package_versions(),
         "platform": platform_info(),
         "git_commit": PROCESS_GIT_COMMIT,
+        **({"input_files": files} if (files := input_files(config)) else {}),
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """The SHA-256 of a file's contents (cached by path, size and mtime), None if it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+def input_files(config: ExperimentConfig) -> dict[str, dict[str, str | None]]:
+    """The files outside the config that a run reads and its config names only by path
+    (``model_kwargs.pretrained``), with their contents' SHA-256: a record is reused only
+    while they hold the same bytes."""
+    path = dict(config.model_kwargs).get("pretrained")
+    return {"model_kwargs.pretrained": {"path": str(path), "sha256": file_sha256(path)}} if path else {}
 
 
 def make_diverged_record(config: ExperimentConfig, error: Exception, wall_time_s: float, **extra: Any) -> dict[str, Any]:
@@ -239,6 +267,16 @@ def check_record(record: Mapping[str, Any], path: Path, config: ExperimentConfig
     now = semantic_config(config, extra)
     was["seed"], now["seed"] = record["config"].get("seed"), config.seed
     diffs = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    if not diffs:
+        recorded, current = record.get("input_files", {}), input_files(config)
+        for key in sorted(set(recorded) | set(current)):
+            old_hash, new_hash = recorded.get(key, {}).get("sha256"), current.get(key, {}).get("sha256")
+            if old_hash != new_hash:
+                file = current.get(key, recorded.get(key, {})).get("path")
+                raise RecordMismatchError(
+                    f"record {path} was made from {key} {file} with sha256 {str(old_hash)[:12]}, that file now has "
+                    f"{str(new_hash)[:12] if new_hash else 'gone missing'}; restore the file, or delete the record (or --force) to rerun"
+                )
     if diffs:
         shown = "; ".join(f"{k}: record {was.get(k)!r}, now {now.get(k)!r}" for k in diffs[:4])
         raise RecordMismatchError(

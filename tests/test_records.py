@@ -323,3 +323,24 @@ def test_a_broken_sweep_file_is_one_line(tmp_path):
     bad.write_text("def get_sweep():\n    return 1 / 0\n")
     r = runner.invoke(app, ["bench", str(bad), "--results-dir", str(tmp_path)])
     assert r.exit_code == 2 and f"sweep file {bad}, line 2: ZeroDivisionError" in r.output
+
+
+def test_a_record_is_reused_only_while_its_weights_file_holds_the_same_bytes(tmp_path):
+    import hashlib
+
+    from da_framework.results import RecordMismatchError, check_record
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"first weights")
+    config = ExperimentConfig(model="resnet18", model_kwargs={"pretrained": str(weights)})
+    record = make_record(config, {"target_test_accuracy": 0.5}, [], 1.0)
+    assert record["input_files"] == {"model_kwargs.pretrained": {"path": str(weights), "sha256": hashlib.sha256(b"first weights").hexdigest()}}
+    check_record(record, tmp_path / "r.json", config)  # same bytes: reusable
+    time.sleep(0.01)
+    weights.write_bytes(b"other weights")
+    with pytest.raises(RecordMismatchError, match=r"made from model_kwargs.pretrained .*w.safetensors with sha256 [0-9a-f]{12}, that file now has [0-9a-f]{12}"):
+        check_record(record, tmp_path / "r.json", config)
+    weights.unlink()
+    with pytest.raises(RecordMismatchError, match="gone missing"):
+        check_record(record, tmp_path / "r.json", config)
+    assert "input_files" not in make_record(ExperimentConfig(), {}, [], 1.0)  # no file read: no entry

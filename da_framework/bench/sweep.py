@@ -239,11 +239,11 @@ def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[s
     from da_framework.bench.analysis import proxy_a_distance
     from da_framework.bench.selection import selection_scores
     from da_framework.data.registry import get_domain
-    from da_framework.models.registry import make_model
+    from da_framework.models.registry import build_kwargs, make_model
     from da_framework.train.evaluate import make_predict_fn, predict_split
 
     source, target = get_domain(config.source, config.data_dir), get_domain(config.target, config.data_dir)
-    model = make_model(config.model, source.num_classes, config.bottleneck_dim, **config.model_kwargs)
+    model = make_model(config.model, source.num_classes, config.bottleneck_dim, **build_kwargs(config.model_kwargs))
     predict = make_predict_fn(model)
     variables = jax.device_get({"params": state.params["model"], **state.model_state})
 
