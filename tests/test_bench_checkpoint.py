@@ -18,7 +18,7 @@ class _Killed(RuntimeError):
 # tests/test_bench_sweep.py::test_reproduce_detects_match_and_mismatch.
 
 
-@pytest.mark.parametrize("method", ["dann", "mcd"])  # mcd: its own trainer, masked optimiser updates
+@pytest.mark.parametrize("method", ["dann", pytest.param("mcd", marks=pytest.mark.slow)])  # mcd: its own trainer, masked optimiser updates
 def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, method):
     base = ExperimentConfig(method=method, steps=10, eval_every=5, **TINY)
     full = train(base)

@@ -145,6 +145,7 @@ def test_reproduce_detects_match_and_mismatch(tmp_path):
     assert r.exit_code == 1 and "MISMATCH" in r.output and "target_test_accuracy" in r.output, r.output
 
 
+@pytest.mark.slow  # CI time; the same property is covered faster elsewhere
 def test_bench_vmap_seeds_option_writes_every_seed(tmp_path):
     sweep = _sweep()
     sweep["methods"], sweep["base"]["steps"] = ["dan"], 2

@@ -27,7 +27,11 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from da_framework.config import from_dict
-from da_framework.federated import flower as F
+from da_framework.errors import UserError  # noqa: E402
+from da_framework.federated import flower as F  # noqa: E402
+from da_framework.federated import flower_runtime as FR  # noqa: E402
+from da_framework.federated import flower_strategy as FS  # noqa: E402
+from da_framework.federated.simulation import FederatedError  # noqa: E402
 from da_framework.federated.algorithms import server_optimizer
 from da_framework.federated.config import fed_config_from_dict
 from da_framework.federated.runner import init_global_params, local_training, make_clients, run_federated
@@ -91,13 +95,13 @@ def test_params_travel_by_name_and_a_wrong_model_is_named():
     config, fed = _configs()
     spec = local_training(config, fed, 10)
     params = init_global_params(config, fed, spec, (16, 16, 1))
-    record = F.params_to_arrays(params)
-    back = F.arrays_to_params(record, params)
+    record = FS.params_to_arrays(params)
+    back = FS.arrays_to_params(record, params)
     assert _max_diff(jax.tree.leaves(back), jax.tree.leaves(params)) == 0.0
     other = init_global_params(from_dict({**EXP, "model_kwargs": {"hidden": [12]}}), fed,
                                local_training(from_dict({**EXP, "model_kwargs": {"hidden": [12]}}), fed, 10), (16, 16, 1))
-    with pytest.raises(F.FederatedError, match=r"parameter .* has shape \(.*\), the model expects"):
-        F.arrays_to_params(F.params_to_arrays(other), params)
+    with pytest.raises(FederatedError, match=r"parameter .* has shape \(.*\), the model expects"):
+        FS.arrays_to_params(FS.params_to_arrays(other), params)
 
 
 def test_da_fed_refuses_an_unknown_engine(tmp_path):
@@ -110,10 +114,10 @@ def test_da_fed_refuses_an_unknown_engine(tmp_path):
 
 
 def test_bad_task_is_one_line_user_error():
-    with pytest.raises(F.UserError, match="has no task"):
-        F.parse_task("")
-    with pytest.raises(F.UserError, match="not JSON"):
-        F.parse_task("{experiment:")
+    with pytest.raises(UserError, match="has no task"):
+        FS.parse_task("")
+    with pytest.raises(UserError, match="not JSON"):
+        FS.parse_task("{experiment:")
 
 
 class LoopGrid(Grid):
@@ -172,7 +176,7 @@ def task_identity(monkeypatch):
 
 def _loop_run(fed, node_configs, min_train_replies=0):
     config = from_dict(EXP)
-    task = json.dumps(F.task_dict(config, fed))
+    task = json.dumps(FS.task_dict(config, fed))
     grid = LoopGrid(node_configs, {"task": task})
     result = {}
     params = F.run_server(grid, task, round_timeout=30.0, min_train_replies=min_train_replies, connect_timeout=5.0, result=result)
@@ -195,7 +199,7 @@ def test_raising_client_stops_the_round_with_one_line_or_is_dropped_per_min_trai
     _, fed = _configs()
     nodes = [{"partition-id": 0, "num-partitions": 2},
              {"partition-id": 1, "num-partitions": 2, F.FAIL_IN_ROUND_KEY: 2, F.FAIL_MODE_KEY: "raise"}]
-    with pytest.raises(F.RoundFailedError) as info:
+    with pytest.raises(FS.RoundFailedError) as info:
         _loop_run(fed, nodes, min_train_replies=0)
     msg = str(info.value)
     assert "\n" not in msg
@@ -234,26 +238,26 @@ class Deployment:
     def __init__(self, tmp_path, node_configs):
         self.dir = tmp_path
         self.home = tmp_path / "flwr_home"
-        self.port = F.free_port()
-        F.write_connection(self.home, "loopback", f"127.0.0.1:{self.port}")
-        self.procs = [F.start_superlink(self.home, self.port, tmp_path / "superlink.log")]
+        self.port = FR.free_port()
+        FR.write_connection(self.home, "loopback", f"127.0.0.1:{self.port}")
+        self.procs = [FR.start_superlink(self.home, self.port, tmp_path / "superlink.log")]
         n = len(node_configs)
         for k, extra in enumerate(node_configs):
-            self.procs.append(F.start_supernode(self.home, f"127.0.0.1:{self.port}", k, n, tmp_path / f"supernode{k}.log",
+            self.procs.append(FR.start_supernode(self.home, f"127.0.0.1:{self.port}", k, n, tmp_path / f"supernode{k}.log",
                                                 node_config=extra))
 
     def run(self, fed, timeout=150.0, **settings):
         """``flwr run`` the app; returns (result.json, out dir)."""
         out = self.dir / "out"
-        run_toml = F.write_run_config(self.dir / "run.toml", from_dict(EXP), fed, out, **settings)
-        run_id = F.flwr_run(F.write_app(self.dir / "app"), "loopback", run_toml, self.home)
-        return F.wait_for_result(out, timeout, "loopback", run_id, self.home), out
+        run_toml = FR.write_run_config(self.dir / "run.toml", from_dict(EXP), fed, out, **settings)
+        run_id = FR.flwr_run(F.write_app(self.dir / "app"), "loopback", run_toml, self.home)
+        return FR.wait_for_result(out, timeout, "loopback", run_id, self.home), out
 
     def logs(self):
         return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.dir.glob("*.log")))
 
     def close(self):
-        F.stop_process(*self.procs)
+        FR.stop_process(*self.procs)
         assert all(p.poll() is not None for p in self.procs)
 
 
@@ -303,7 +307,7 @@ def test_loopback_deployment_client_process_death_fails_the_round_with_one_line(
     # heartbeat lapses (~60 s), or the round times out first
     dep = Deployment(tmp_path, [None, {F.FAIL_IN_ROUND_KEY: 1}])
     try:
-        with pytest.raises(F.FederatedError) as info:
+        with pytest.raises(FederatedError) as info:
             dep.run(fed_config_from_dict(FED), timeout=300, round_timeout=240.0)
     finally:
         dep.close()
@@ -315,7 +319,7 @@ def test_loopback_deployment_client_process_death_fails_the_round_with_one_line(
 def test_flower_simulation_runtime_equals_run_federated(tmp_path, reference):
     config, fed = _configs()
     rounds = []
-    res = F.run_flower_simulation(config, fed, on_round=lambda r, h: rounds.append(r), timeout=300, workdir=tmp_path)
+    res = FR.run_flower_simulation(config, fed, on_round=lambda r, h: rounds.append(r), timeout=300, workdir=tmp_path)
     assert rounds == [1, 2]
     _check_equal_to_reference(jax.tree.leaves(res.params), res.history, reference)
     assert not list(tmp_path.glob("out/*.tmp"))

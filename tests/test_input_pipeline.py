@@ -83,6 +83,7 @@ def test_grain_worker_processes_keep_the_stream():
         np.testing.assert_array_equal(next(plain)["label"], next(workers)["label"])
 
 
+@pytest.mark.slow  # 17 s of CI time; run with -m slow
 def test_training_does_not_depend_on_device_prefetch():
     tiny = dict(model="lenet", model_kwargs={"channels": (4, 8), "dense": 32}, bottleneck_dim=16, batch_size=16)
     cfg = ExperimentConfig(method="dan", steps=5, log_every=5, **tiny)

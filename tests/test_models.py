@@ -9,7 +9,7 @@ from da_framework.models import ModelError, make_model
 
 
 @pytest.mark.parametrize(
-    "name, shape", [("mlp", (3, 16, 16, 1)), ("lenet", (3, 16, 16, 1)), ("resnet8", (3, 32, 32, 3)), ("resnet18", (2, 64, 64, 3)), ("vit_tiny", (2, 16, 16, 3))]
+    "name, shape", [("mlp", (3, 16, 16, 1)), ("lenet", (3, 16, 16, 1)), ("resnet8", (3, 32, 32, 3)), ("resnet18", (2, 32, 32, 3)), ("vit_tiny", (2, 16, 16, 3))]
 )
 @pytest.mark.parametrize("bottleneck", [None, 32])
 def test_models_return_logits_and_features(name, shape, bottleneck):

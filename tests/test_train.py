@@ -52,6 +52,7 @@ def test_short_run_compiles_once_and_reports_metrics():
     assert int(r.state.step) == 12
 
 
+@pytest.mark.slow  # CI time; the same property is covered faster elsewhere
 def test_same_seed_same_metrics_different_seed_different():
     cfg = ExperimentConfig(method="dan", steps=6, **TINY)
     a, b = train(cfg), train(cfg)
@@ -96,6 +97,7 @@ def test_four_device_step_matches_one_device(spec):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # CI time; the same property is covered faster elsewhere
 def test_multi_device_run_through_config():
     r1 = train(ExperimentConfig(method="dan", steps=4, **TINY))
     r4 = train(ExperimentConfig(method="dan", steps=4, num_devices=4, **TINY))

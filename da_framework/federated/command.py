@@ -165,7 +165,7 @@ def fed(
     run_engine = run_federated
     if engine == "flower-sim":
         try:
-            from da_framework.federated.flower import run_flower_simulation as run_engine
+            from da_framework.federated.flower_runtime import run_flower_simulation as run_engine
         except ImportError as e:
             fail(f"--engine flower-sim needs Flower: {e}", e)
     try:

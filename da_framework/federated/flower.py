@@ -48,16 +48,9 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,19 +60,18 @@ import numpy as np
 
 try:
     import tomli_w
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+    from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the Flower adapter needs flwr>=1.42: pip install 'da_framework[fed]'") from e
 
-from da_framework.config import ExperimentConfig, from_dict
 from da_framework.errors import UserError
-from da_framework.federated.algorithms import aggregate, sample_clients, server_optimizer, server_update
-from da_framework.federated.config import FedConfig, fed_config_from_dict
-from da_framework.federated.simulation import FederatedError, make_client_update, stack_clients
+from da_framework.federated.simulation import make_client_update, stack_clients
 
+from da_framework.federated.flower_strategy import (  # noqa: E402
+    JaxFedStrategy, _num_classes, arrays_to_params, connect_clients, params_to_arrays, parse_task, round_client_key,
+)
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 #: ``[tool.flwr.app.config]`` of the app: the keys ``--run-config`` may set, with defaults.
@@ -153,71 +145,6 @@ def write_app(dest: str | Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "pyproject.toml").write_text(app_pyproject())
     return dest
-
-
-# --------------------------------------------------------------------------- parameters
-
-
-def params_to_arrays(params: Any) -> ArrayRecord:
-    """A parameter pytree as an ``ArrayRecord`` keyed by the leaves' pytree paths."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return ArrayRecord(array_dict={jax.tree_util.keystr(path): Array(np.asarray(x)) for path, x in leaves})
-
-
-def arrays_to_params(record: ArrayRecord, template: Any) -> Any:
-    """Rebuilds a pytree shaped like ``template`` from :func:`params_to_arrays` output.
-
-    Raises:
-      FederatedError: naming the first missing parameter or the first shape mismatch.
-    """
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    out = []
-    for path, leaf in leaves:
-        name = jax.tree_util.keystr(path)
-        if name not in record:
-            raise FederatedError(f"the received model has no parameter {name} (it has {len(record)} arrays): client and server must build the same model")
-        arr = record[name].numpy()
-        if arr.shape != leaf.shape:
-            raise FederatedError(f"parameter {name} has shape {arr.shape}, the model expects {leaf.shape}: client and server must build the same model")
-        out.append(jnp.asarray(arr, leaf.dtype))
-    return jax.tree.unflatten(treedef, out)
-
-
-# --------------------------------------------------------------------------- task and keys
-
-
-def task_dict(config: ExperimentConfig, fed: FedConfig) -> dict[str, Any]:
-    """``{"experiment": ..., "fed": ...}`` of the two configs (JSON-ready)."""
-    return {"experiment": config.to_dict(), "fed": fed.to_dict()}
-
-
-def parse_task(text: str) -> tuple[ExperimentConfig, FedConfig]:
-    """Reads the run config's ``task`` JSON into the two configs.
-
-    Raises:
-      UserError: if ``text`` is empty or not a JSON object.
-    """
-    if not text:
-        raise UserError("the Flower run config has no task: pass --run-config with task = '{\"experiment\": {...}, \"fed\": {...}}'")
-    try:
-        task = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"the Flower run config's task is not JSON ({e.msg} at char {e.pos}): write it as one JSON object") from e
-    if not isinstance(task, dict):
-        raise UserError("the Flower run config's task must be a JSON object {\"experiment\": {...}, \"fed\": {...}}")
-    return from_dict(task.get("experiment", {})), fed_config_from_dict(task.get("fed", {}))
-
-
-def round_client_key(seed: int, round_index: int, client_id: int) -> jax.Array:
-    """Client ``client_id``'s key in 0-based round ``round_index`` (as in the simulation)."""
-    k_clients, _ = jax.random.split(jax.random.fold_in(jax.random.key(seed), round_index))
-    return jax.random.fold_in(k_clients, client_id)
-
-
-def _num_classes(fed: FedConfig, data_dir: str | None) -> int:
-    from da_framework.data.registry import get_domain
-
-    return get_domain(fed.domains[0], data_dir).num_classes
 
 
 # --------------------------------------------------------------------------- ClientApp
@@ -304,154 +231,6 @@ def client_train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-# --------------------------------------------------------------------------- strategy
-
-
-class RoundFailedError(FederatedError):
-    """A round got fewer successful replies than the strategy requires."""
-
-
-class JaxFedStrategy(FedAvg):
-    """Flower strategy sampling and aggregating as da_framework's simulation does.
-
-    ``configure_train`` sends the round's clients (:func:`sample_clients` on partition ids)
-    the global arrays; ``aggregate_train`` averages the replies, sorted by partition id, with
-    :func:`aggregate` (weights, clipping, noise) and steps the server optimiser
-    (:func:`server_update`).  Flower's ``Strategy.start`` can drive it; :meth:`run` does the
-    same with a 0.2 s reply poll and per-round evaluation and logging.
-
-    Attributes:
-      params: the current global parameter pytree.
-      history: one dict per aggregated round (as :func:`run_federated`'s history).
-    """
-
-    def __init__(
-        self, config: ExperimentConfig, fed: FedConfig, initial_params: Any, node_of: dict[int, int],
-        max_examples: int, min_train_replies: int = 0, round_timeout: float = 600.0,
-    ) -> None:
-        super().__init__(fraction_train=fed.clients_per_round / fed.num_clients, fraction_evaluate=0.0,
-                         min_train_nodes=fed.clients_per_round, min_available_nodes=fed.num_clients)
-        if not 0 <= min_train_replies <= fed.clients_per_round:
-            raise UserError(f"min-train-replies must be in [0, {fed.clients_per_round}] (clients_per_round), got {min_train_replies}")
-        self.fed, self.seed = fed, config.seed
-        self.node_of = dict(node_of)
-        self.max_examples = max_examples
-        self.min_train_replies = min_train_replies
-        self.round_timeout = round_timeout
-        self.params = initial_params
-        self.tx = server_optimizer(fed.server_optimizer, fed.server_lr, fed.server_momentum, fed.server_b1, fed.server_b2, fed.server_tau)
-        self.server_state = self.tx.init(initial_params)
-        self.history: list[dict[str, Any]] = []
-        self._sampled: dict[int, list[int]] = {}
-        self._round_start: dict[int, float] = {}
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """One train message per sampled client (``server-round`` and ``max-examples`` in its config)."""
-        ids = [int(i) for i in sample_clients(self.seed, server_round - 1, self.fed.num_clients, self.fed.clients_per_round)]
-        self._sampled[server_round] = ids
-        self._round_start[server_round] = time.monotonic()
-        config["server-round"] = server_round
-        config["max-examples"] = self.max_examples
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, [self.node_of[i] for i in ids], MessageType.TRAIN)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregates the successful replies (at least the required number) into the new global model."""
-        valid, errors = self._check_and_log_replies(list(replies), is_train=True)
-        sampled = self._sampled.get(server_round, [])
-        got = sorted(int(m.content["metrics"]["partition-id"]) for m in valid)
-        node_to_pid = {v: k for k, v in self.node_of.items()}
-        failures = [f"client {node_to_pid.get(m.metadata.src_node_id, '?')}: {' '.join(m.error.reason.split())}" for m in errors]
-        errored = {node_to_pid.get(m.metadata.src_node_id) for m in errors}
-        silent = [i for i in sampled if i not in got and i not in errored]
-        failures += [f"client {i}: no reply within {self.round_timeout:.0f}s" for i in silent]
-        need = self.min_train_replies or len(sampled)
-        if len(valid) < max(need, 1):
-            raise RoundFailedError(
-                f"round {server_round}: {len(valid)} of {len(sampled)} sampled clients replied, {need} needed "
-                f"({'; '.join(failures)}); raise round-timeout or set min-train-replies to aggregate over the survivors"
-            )
-        valid.sort(key=lambda m: int(m.content["metrics"]["partition-id"]))
-        client_params = [arrays_to_params(m.content["arrays"], self.params) for m in valid]
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *client_params)
-        deltas = jax.tree.map(lambda c, g: c - g[None], stacked, self.params)
-        counts = jnp.asarray([int(m.content["metrics"]["num-examples"]) for m in valid], jnp.int32)
-        _, k_noise = jax.random.split(jax.random.fold_in(jax.random.key(self.seed), server_round - 1))
-        delta, am = aggregate(deltas, counts, k_noise, self.fed.clip_norm, self.fed.noise_multiplier)
-        self.params, self.server_state = server_update(self.params, self.server_state, delta, self.tx)
-        loss = float(np.average([float(m.content["metrics"]["loss"]) for m in valid], weights=np.asarray(counts)))
-        metrics = {"client_loss": loss, **{k: float(v) for k, v in am.items()}}
-        self.history.append({"round": server_round, **metrics, "round_time_s": time.monotonic() - self._round_start.get(server_round, time.monotonic()), "clients": got,
-                             "dropped": [i for i in sampled if i not in got], "failures": failures})
-        return params_to_arrays(self.params), MetricRecord(metrics)
-
-    def run(
-        self, grid: Grid, num_rounds: int, evaluate_fn: Callable[[int, Any], dict[str, Any] | None] | None = None,
-        on_round: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Any:
-        """``num_rounds`` rounds of train/aggregate; returns the final parameters."""
-        arrays = params_to_arrays(self.params)
-        for r in range(1, num_rounds + 1):
-            replies = send_and_receive(grid, self.configure_train(r, arrays, ConfigRecord(), grid), self.round_timeout)
-            agg, _ = self.aggregate_train(r, replies)
-            arrays = agg if agg is not None else arrays
-            if evaluate_fn is not None and (res := evaluate_fn(r, self.params)):
-                self.history[-1].update(res)
-            if not np.isfinite(self.history[-1]["client_loss"]):
-                raise FloatingPointError(f"round {r}: client loss is {self.history[-1]['client_loss']}; lower client_lr")
-            if on_round is not None:
-                on_round(self.history[-1])
-        return self.params
-
-
-def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float, poll: float = 0.2) -> list[Message]:
-    """Pushes ``messages`` and pulls their replies until all arrived or ``timeout`` seconds
-    passed (``Grid.send_and_receive`` with a short poll instead of its 3 s sleep)."""
-    pending = set(grid.push_messages(list(messages)))
-    replies: list[Message] = []
-    end = time.monotonic() + timeout
-    while pending and time.monotonic() < end:
-        got = list(grid.pull_messages(list(pending)))
-        replies.extend(got)
-        pending.difference_update(m.metadata.reply_to_message_id for m in got)
-        if pending:
-            time.sleep(poll)
-    return replies
-
-
-def connect_clients(grid: Grid, num_clients: int, timeout: float) -> tuple[dict[int, int], dict[int, dict[str, Any]]]:
-    """Waits for ``num_clients`` SuperNodes and asks each for its partition.
-
-    Returns:
-      ``({partition_id: node_id}, {partition_id: {"num-examples", "name"}})``.
-
-    Raises:
-      FederatedError: if they do not connect in ``timeout`` seconds, a node fails to answer,
-        or the partition ids are not exactly ``0..num_clients-1``.
-    """
-    end = time.monotonic() + timeout
-    while len(nodes := list(grid.get_node_ids())) < num_clients:
-        if time.monotonic() > end:
-            raise FederatedError(f"only {len(nodes)} of {num_clients} SuperNodes connected within {timeout:.0f}s: start one per client (partition-id 0..{num_clients - 1}) or raise connect-timeout")
-        time.sleep(0.2)
-    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    replies = send_and_receive(grid, msgs, max(end - time.monotonic(), 30.0))
-    node_of: dict[int, int] = {}
-    info: dict[int, dict[str, Any]] = {}
-    for m in replies:
-        if m.has_error():
-            raise FederatedError(f"SuperNode {m.metadata.src_node_id} could not load its client: {m.error.reason}")
-        rec = m.content["info"]
-        pid = int(rec["partition-id"])
-        if pid in node_of:
-            raise FederatedError(f"two SuperNodes ({node_of[pid]}, {m.metadata.src_node_id}) have partition-id {pid}: give each a different one")
-        node_of[pid] = m.metadata.src_node_id
-        info[pid] = {"num-examples": int(rec["num-examples"]), "name": str(rec["name"])}
-    if sorted(node_of) != list(range(num_clients)):
-        raise FederatedError(f"the SuperNodes answered with partition ids {sorted(node_of)}; the task needs exactly 0..{num_clients - 1}, one per node")
-    return node_of, info
-
-
 # --------------------------------------------------------------------------- ServerApp
 
 
@@ -524,273 +303,6 @@ def run_server(
     return strategy.run(grid, fed.rounds, evaluate_fn, on_round)
 
 
-# --------------------------------------------------------------------------- local runtimes
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def flower_env(flwr_home: str | Path, **extra: str) -> dict[str, str]:
-    """The environment for Flower processes: ``FLWR_HOME`` (its config and installed apps),
-    telemetry and update checks off, JAX on CPU unless set, and a JAX compilation cache in
-    ``FLWR_HOME/jax_cache`` unless set (each ClientApp is a new process; from the second
-    round on it loads the compiled client update instead of compiling it)."""
-    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(flwr_home) / "jax_cache"))
-    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-    env.update(extra)
-    return env
-
-
-def write_connection(flwr_home: str | Path, name: str, address: str) -> Path:
-    """Writes ``FLWR_HOME/config.toml`` with one insecure SuperLink connection ``name``."""
-    path = Path(flwr_home) / "config.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps({"superlink": {"default": name, name: {"address": address, "insecure": True}}}))
-    return path
-
-
-def write_run_config(path: str | Path, config: ExperimentConfig, fed: FedConfig, out_dir: str | Path, **settings: Any) -> Path:
-    """Writes the ``--run-config`` TOML of a run (``task``, ``out-dir`` and any of
-    :data:`RUN_CONFIG_DEFAULTS`' other keys, given with ``_`` for ``-``)."""
-    values: dict[str, Any] = {"task": json.dumps(task_dict(config, fed)), "out-dir": str(out_dir)}
-    for k, v in settings.items():
-        key = k.replace("_", "-")
-        if key not in RUN_CONFIG_DEFAULTS:
-            raise UserError(f"unknown Flower run-config key {key!r}; keys: {', '.join(RUN_CONFIG_DEFAULTS)}")
-        values[key] = type(RUN_CONFIG_DEFAULTS[key])(v)
-    Path(path).write_text(tomli_w.dumps(values))
-    return Path(path)
-
-
-def _bin(name: str) -> str:
-    """The Flower executable ``name`` beside this Python (the venv's), else on PATH."""
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else name
-
-
-def _wait_http(port: int, proc: subprocess.Popen, timeout: float, log: Path) -> None:
-    """Waits until the SuperLink on ``port`` answers ``/health``."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise FederatedError(f"flower-superlink exited with code {proc.returncode}: {_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise FederatedError(f"flower-superlink did not answer on 127.0.0.1:{port} within {timeout:.0f}s: {_tail(log)}")
-
-
-def _tail(path: Path, n: int = 600) -> str:
-    """The last ``n`` characters of a log, on one line."""
-    try:
-        return " ".join(path.read_text(errors="replace")[-n:].split())
-    except OSError:
-        return f"(no log at {path})"
-
-
-def start_superlink(flwr_home: str | Path, port: int, log: str | Path, simulation: bool = False) -> subprocess.Popen:
-    """Starts ``flower-superlink --insecure`` on 127.0.0.1:``port`` in its own process group
-    (stop it with :func:`stop_process`) and waits until it answers."""
-    cmd = [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-           "--host", "127.0.0.1", "--port", str(port)]
-    if simulation:
-        cmd.append("--simulation")
-    log = Path(log)
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, env=flower_env(flwr_home), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_http(port, proc, 60.0, log)
-    except BaseException:
-        stop_process(proc)
-        raise
-    return proc
-
-
-def start_supernode(
-    flwr_home: str | Path, superlink: str, partition_id: int, num_partitions: int, log: str | Path,
-    runtime_port: int | None = None, node_config: dict[str, Any] | None = None,
-) -> subprocess.Popen:
-    """Starts ``flower-supernode --insecure`` for client ``partition_id`` (own process group)."""
-    cfg = {"partition-id": partition_id, "num-partitions": num_partitions, **(node_config or {})}
-    cmd = [_bin("flower-supernode"), "--insecure", "--superlink", superlink,
-           "--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in cfg.items()),
-           "--port", str(runtime_port or free_port())]
-    with Path(log).open("w") as f:
-        return subprocess.Popen(cmd, env=flower_env(flwr_home), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_process(*procs: subprocess.Popen, grace: float = 5.0) -> None:
-    """Stops processes started here with their process groups: SIGTERM to all, up to
-    ``grace`` seconds for them to exit, then SIGKILL to whatever is left in the groups."""
-    def signal_group(p: subprocess.Popen, sig: int) -> None:
-        try:
-            os.killpg(p.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    for p in procs:
-        if p.poll() is None:
-            signal_group(p, signal.SIGTERM)
-    end = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(timeout=max(end - time.monotonic(), 0.01))
-        except subprocess.TimeoutExpired:
-            pass
-    for p in procs:  # children (SuperExec, ServerApp/ClientApp processes) share the group
-        signal_group(p, signal.SIGKILL)
-    for p in procs:
-        if p.poll() is None:
-            p.wait(timeout=grace)
-
-
-def flwr_run(
-    app_dir: str | Path, connection: str, run_config: str | Path, flwr_home: str | Path,
-    federation_config: dict[str, Any] | None = None, timeout: float = 120.0,
-) -> int:
-    """``flwr run APP_DIR CONNECTION --run-config RUN_CONFIG``; returns the run id."""
-    cmd = [_bin("flwr"), "run", str(app_dir), connection, "--run-config", str(run_config), "--format", "json"]
-    if federation_config:
-        cmd += ["--federation-config", " ".join(f"{k}={_toml_value(v)}" for k, v in federation_config.items())]
-    p = subprocess.run(cmd, env=flower_env(flwr_home), capture_output=True, text=True, timeout=timeout, check=False)
-    try:
-        payload = json.loads(p.stdout[p.stdout.index("{"):])
-    except ValueError:
-        payload = {}
-    if p.returncode != 0 or not payload.get("success"):
-        raise FederatedError(f"flwr run failed (exit {p.returncode}): {' '.join((p.stdout + p.stderr).split())[-600:]}")
-    return int(payload["run-id"])
-
-
-def run_status(connection: str, run_id: int, flwr_home: str | Path) -> tuple[str, str]:
-    """``(status, details)`` of a run from ``flwr ls`` (e.g. ``("finished:failed", "...")``)."""
-    cmd = [_bin("flwr"), "ls", connection, "--run-id", str(run_id), "--format", "json"]
-    p = subprocess.run(cmd, check=False,
-                       env=flower_env(flwr_home), capture_output=True, text=True, timeout=60)
-    try:
-        runs = json.loads(p.stdout[p.stdout.index("{"):]).get("runs", [])
-    except ValueError:
-        return "unknown", " ".join((p.stdout + p.stderr).split())[-300:]
-    return (str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))) if runs else ("unknown", "")
-
-
-def run_log(connection: str, run_id: int, flwr_home: str | Path) -> str:
-    """The run's logs so far (``flwr log RUN_ID CONNECTION --show``)."""
-    cmd = [_bin("flwr"), "log", str(run_id), connection, "--show"]
-    p = subprocess.run(cmd, check=False, env=flower_env(flwr_home),
-                       capture_output=True, text=True, timeout=60)
-    return p.stdout + p.stderr
-
-
-def wait_for_result(
-    out_dir: str | Path, timeout: float, connection: str | None = None, run_id: int | None = None,
-    flwr_home: str | Path | None = None, on_round: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Waits for the ServerApp's ``result.json`` to say completed (returns it) or failed
-    (raises :class:`FederatedError` with its one-line error); ``on_round`` sees each new round.
-    With ``connection``/``run_id``, a run that Flower reports finished without a result
-    (the ServerApp could not even start) fails at once with Flower's details."""
-    path = Path(out_dir) / "result.json"
-    end = time.monotonic() + timeout
-    seen, last_check = 0, time.monotonic()
-    while time.monotonic() < end:
-        res: dict[str, Any] = {}
-        if path.exists():
-            try:
-                res = json.loads(path.read_text())
-            except (OSError, ValueError):
-                res = {}
-        for h in res.get("history", [])[seen:]:
-            if on_round is not None:
-                on_round(h)
-            seen += 1
-        if res.get("status") == "completed":
-            return res
-        if res.get("status") == "failed":
-            raise FederatedError(f"the Flower run failed: {res.get('error', 'no error recorded')}")
-        if connection and run_id is not None and time.monotonic() - last_check > 30:
-            last_check = time.monotonic()
-            status, details = run_status(connection, run_id, flwr_home or "")
-            if status.startswith("finished") and not path.exists():
-                raise FederatedError(f"Flower run {run_id} ended ({status}) without a result: {details}")
-        time.sleep(0.25)
-    raise FederatedError(f"the Flower run did not finish within {timeout:.0f}s (see {out_dir})")
-
-
-@contextmanager
-def _workdir(keep: str | Path | None) -> Iterator[Path]:
-    """``keep`` (created) or a temporary directory removed afterwards."""
-    if keep is not None:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        yield Path(keep)
-        return
-    d = tempfile.mkdtemp(prefix="da_flower_")
-    try:
-        yield Path(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def run_flower_simulation(
-    config: ExperimentConfig, fed: FedConfig, on_round: Callable[[int, dict[str, Any]], None] | None = None,
-    timeout: float = 3600.0, workdir: str | Path | None = None, num_cpus_per_client: int = 1,
-) -> Any:
-    """Runs the experiment with ``flwr run`` on Flower's simulation runtime (a local
-    ``flower-superlink --simulation``, Ray backend, ``fed.num_clients`` virtual SuperNodes);
-    returns a :class:`~da_framework.federated.runner.FedResult` like :func:`run_federated`'s.
-    The SuperLink and everything it started are stopped before returning."""
-    from da_framework.federated.runner import FedResult, make_clients
-
-    start = time.perf_counter()
-    clients = make_clients(config, fed)  # validates the partition and names the clients for the record
-    with _workdir(workdir) as wd:
-        home, out = wd / "flwr_home", wd / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        port = free_port()
-        write_connection(home, "da-sim", f"127.0.0.1:{port}")
-        app = write_app(wd / "app")
-        run_toml = write_run_config(wd / "run.toml", config, fed, out)
-        link = start_superlink(home, port, wd / "superlink.log", simulation=True)
-        try:
-            run_id = flwr_run(app, "da-sim", run_toml, home, {
-                "num-supernodes": fed.num_clients, "client-resources-num-cpus": int(num_cpus_per_client), "client-resources-num-gpus": 0.0,
-            })
-            res = wait_for_result(out, timeout, "da-sim", run_id, home,
-                                  None if on_round is None else (lambda h: on_round(int(h["round"]), h)))
-            saved = out / "global.npz"
-            history = res["history"]
-            if workdir is not None:  # kept for inspection
-                (wd / "run.log").write_text(run_log("da-sim", run_id, home))
-        finally:
-            stop_process(link)
-        from da_framework.federated.runner import init_global_params, local_training
-
-        spec = local_training(config, fed, _num_classes(fed, config.data_dir))
-        template = jax.eval_shape(lambda: init_global_params(config, fed.replace(pretrain_steps=0), spec, clients[0].data["image"].shape[1:]))
-        params = load_global(saved, template)
-    final = {k: v for k, v in history[-1].items() if k.startswith(("test_accuracy", "target_test"))}
-    return FedResult(final, history, params, clients, time.perf_counter() - start)
-
-
-def load_global(path: str | Path, template: Any) -> Any:
-    """The parameters a ServerApp saved in ``global.npz``, shaped like ``template``."""
-    npz = np.load(path)
-    leaves, treedef = jax.tree.flatten(template)
-    if len(npz.files) != len(leaves):
-        raise FederatedError(f"{path} holds {len(npz.files)} arrays but the model has {len(leaves)}: it was saved for another model")
-    return jax.tree.unflatten(treedef, [np.asarray(npz[f"arr_{i}"]) for i in range(len(leaves))])
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m da_framework.federated.flower {write-app,run-config} ...``."""
     parser = argparse.ArgumentParser(description="da_framework Flower app helpers")
@@ -810,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     from da_framework.errors import user_errors
     from da_framework.federated.command import _split_overrides, load_fed_experiment
+    from da_framework.federated.flower_runtime import write_run_config
 
     try:
         config, fed = load_fed_experiment(args.experiment)
@@ -825,3 +338,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
