@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import queue
 import socket
 import time
 import traceback
@@ -121,8 +122,7 @@ def absolute_run(run: Any) -> Any:
 
 # --- multi-device -------------------------------------------------------------------------
 
-_PIN_VARS = {"gpu": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES", "tpu": "TPU_VISIBLE_CHIPS"}
-_PIN_VARS = {**_PIN_VARS, "cuda": "CUDA_VISIBLE_DEVICES"}
+_PIN_VARS = {"gpu": "CUDA_VISIBLE_DEVICES", "cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES", "tpu": "TPU_VISIBLE_CHIPS"}
 
 
 def device_slots(workers: int | None = None) -> list[dict[str, str]]:
@@ -192,14 +192,11 @@ def run_multi_device(runs: Sequence[Any], runner: Runner | None, on_outcome: Cal
             p = ctx.Process(target=_device_worker, args=(order, runner, results), daemon=True)
             p.start()
         procs.append(p)
-    seen: dict[str, Outcome] = {}
     while any(p.is_alive() for p in procs) or not results.empty():
         try:
             outcome = results.get(timeout=0.2)
-        except Exception:  # noqa: BLE001 -- queue.Empty
+        except queue.Empty:
             continue
-        if outcome.status in ("done", "diverged", "failed") or outcome.path not in seen:
-            seen[outcome.path] = outcome
         if outcome.status in ("done", "diverged", "failed"):
             on_outcome(outcome)
     for p in procs:
