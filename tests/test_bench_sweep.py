@@ -64,6 +64,30 @@ def test_loss_hyperparameter_grid_sets_the_term_hparams(tmp_path):
     assert term.weight == 0.5 and dict(term.hparams) == {"margin": 2.0}
 
 
+def test_a_sweep_over_several_sources_and_targets_selects_on_the_mean_over_domains(tmp_path):
+    """A pair of 2 sources and 2 targets: one record whose selection accuracies are the means over
+    domains, i.e. the headline metrics the training loop computes per domain."""
+    import numpy as np
+
+    from da_framework.bench.sweep import run_one
+
+    sweep = {**_sweep(), "methods": ["dann"], "seeds": [0],
+             "pairs": [(["digits/source", "digits/blur"], "digits/rotate,digits/invert")]}
+    (run,) = expand_sweep(sweep, tmp_path)
+    assert run.config.source_names == ("digits/source", "digits/blur")
+    assert run.config.target_names == ("digits/rotate", "digits/invert")
+    assert run.path.parent.parent.parent.name == "digits_source_digits_blur__digits_rotate_digits_invert"
+    record = run_one(run)
+    m, sel = record["metrics"], record["selection"]
+    assert sel["source_val_accuracy"] == pytest.approx(m["source_val_accuracy"], abs=1e-9)
+    assert sel["target_oracle_accuracy"] == pytest.approx(m["target_test_accuracy"], abs=1e-9)
+    per_target = [m["target_test_accuracy/digits/rotate"], m["target_test_accuracy/digits/invert"]]
+    assert sel["target_oracle_accuracy"] == pytest.approx(np.mean(per_target), abs=1e-9)
+    assert per_target[0] != per_target[1]  # the mean is over two different numbers
+    with pytest.raises(ConfigError, match="each side must be a domain name"):
+        validate_sweep({**sweep, "pairs": [(["digits/source", 3], "digits/rotate")]})
+
+
 @pytest.mark.parametrize(("bad", "message"), [
     ({"methodz": []}, "unknown sweep key"), ({"seeds": []}, "non-empty 'seeds'"),
     ({"base": {"stepz": 1}}, "unknown config key 'stepz'"), ({"grid": {"seed": [1]}}, "must not set seed"),

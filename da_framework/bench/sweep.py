@@ -7,7 +7,8 @@ A sweep file (``experiments/sweeps/<name>.py`` or any path) defines ``get_sweep(
             "name": "digits",                                   # results go to <results>/digits/
             "base": {"steps": 500, "model_kwargs": {...}},      # ExperimentConfig overrides
             "methods": ["source_only", "dann", "dan"],
-            "pairs": [("digits/source", "digits/rotate"), ...],
+            "pairs": [("digits/source", "digits/rotate"), ...],   # (sources, targets): a name,
+                                                                 # or several in a list / "a,b"
             "seeds": [0, 1, 2],
             "grid": {"learning_rate": [1e-3, 3e-4]},            # optional; cartesian product
             # loss weights and loss hyper-parameters are grid keys too: "weight:<key>" sets
@@ -127,9 +128,7 @@ def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("methods", "pairs", "seeds"):
         if not out.get(key):
             raise ConfigError(f"sweep {out.get('name')!r} needs a non-empty {key!r} list")
-    for pair in out["pairs"]:
-        if len(pair) != 2:
-            raise ConfigError(f"sweep pair {pair!r} must be (source, target)")
+    out["pairs"] = [_pair(pair) for pair in out["pairs"]]
     for key in out["grid"]:
         if _method_key(key):
             _check_method_key(key, out["grid"][key], out["methods"])
@@ -140,6 +139,20 @@ def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
     if clash:
         raise ConfigError(f"sweep base/grid must not set {', '.join(sorted(clash))}; use methods/pairs/seeds/name")
     return out
+
+
+def _pair(pair: Any) -> tuple[str, str]:
+    """A sweep pair ``(sources, targets)`` as two comma-joined name strings (each side one
+    domain name, several names in a list/tuple, or ``"a,b"``), as :class:`ExperimentConfig` stores them."""
+    if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+        raise ConfigError(f"sweep pair {pair!r} must be (source, target); each side a domain name or a list of names")
+    sides = []
+    for side in pair:
+        names = [side] if isinstance(side, str) else list(side) if isinstance(side, Sequence) else None
+        if not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ConfigError(f"sweep pair {pair!r}: each side must be a domain name or a non-empty list of names")
+        sides.append(",".join(n.strip() for part in names for n in part.split(",")))
+    return sides[0], sides[1]
 
 
 def _check_method_key(key: str, values: Sequence[Any], methods: Sequence[str]) -> None:
@@ -234,7 +247,8 @@ def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[s
     Returns:
       ``(selection, analysis, features)``: validator scores (:func:`selection.selection_scores`),
       ``{"proxy_a_distance": ...}`` on held-out source-test vs target-test features, and a
-      subsample of those features with labels for embedding plots.
+      subsample of those features with labels for embedding plots.  With several sources
+      (targets), their splits are pooled; the two accuracies are the mean over domains.
     """
     from da_framework.bench.analysis import proxy_a_distance
     from da_framework.bench.selection import selection_scores
@@ -242,16 +256,25 @@ def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[s
     from da_framework.models.registry import build_kwargs, make_model
     from da_framework.train.evaluate import make_predict_fn, predict_split
 
-    source, target = get_domain(config.source, config.data_dir), get_domain(config.target, config.data_dir)
-    model = make_model(config.model, source.num_classes, config.bottleneck_dim, **build_kwargs(config.model_kwargs))
+    sources = [get_domain(n, config.data_dir) for n in config.source_names]
+    targets = [get_domain(n, config.data_dir) for n in config.target_names]
+    model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, **build_kwargs(config.model_kwargs))
     predict = make_predict_fn(model)
     variables = jax.device_get({"params": state.params["model"], **state.model_state})
 
-    def run(domain: Any, split: str) -> dict[str, np.ndarray]:
-        return predict_split(predict, variables, domain.split(split), config.eval_batch_size, source.input_key)
+    def run(domains: list[Any], split: str) -> tuple[dict[str, np.ndarray], list[float]]:
+        """Predictions on ``split`` of every domain, pooled, and each domain's accuracy."""
+        parts = [predict_split(predict, variables, d.split(split), config.eval_batch_size, d.input_key) for d in domains]
+        pooled = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return pooled, [float(np.mean(np.argmax(p["logits"], -1) == p["label"])) for p in parts]
 
-    s_val, t_train, s_test, t_test = run(source, "val"), run(target, "train"), run(source, "test"), run(target, "test")
+    (s_val, s_val_acc), (t_train, _), (s_test, _), (t_test, t_test_acc) = (
+        run(sources, "val"), run(targets, "train"), run(sources, "test"), run(targets, "test"))
     selection = selection_scores(s_val, t_train, t_test, seed=config.seed)
+    if len(sources) > 1:  # the mean over domains, as the headline metrics and DomainBed's training-domain validation
+        selection["source_val_accuracy"] = float(np.mean(s_val_acc))
+    if len(targets) > 1:
+        selection["target_oracle_accuracy"] = float(np.mean(t_test_acc))
     analysis = {"proxy_a_distance": proxy_a_distance(s_test["features"], t_test["features"], seed=config.seed)}
     i_s, i_t = _subsample(len(s_test["label"]), FEATURES_PER_DOMAIN, 0), _subsample(len(t_test["label"]), FEATURES_PER_DOMAIN, 1)
     features = {

@@ -28,7 +28,7 @@ from da_framework.losses.registry import LossError, LossInputs, get_loss
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
 from da_framework.train.state import TrainState
-from da_framework.train.step import Metrics, TrainStep, make_apply_model
+from da_framework.train.step import Metrics, TrainStep, domain_views, make_apply_model
 
 TERM = "mcd"
 
@@ -98,12 +98,9 @@ def make_mcd_step(
     Same signature and contract as :func:`da_framework.train.step.make_train_step`; the
     method must contain the ``mcd`` term (whose hyper-parameters ``num_k`` and
     ``discrepancy_weight`` set the schedule).  Only ``compute_dtype="float32"`` is supported.
+    With several sources or targets the method's terms get one view per domain (as in the
+    standard step) and the discrepancy of steps B and C is taken over the pooled target batch.
     """
-    if num_sources != 1 or num_targets != 1:
-        raise LossError(
-            f"MCD's step takes one source and one target domain, got {num_sources} and {num_targets}; "
-            "set one name each in source and target"
-        )
     if compute_dtype != "float32":
         raise ValueError(
             f"MCD's step runs in float32 only, got compute_dtype={compute_dtype!r}; set compute_dtype=float32"
@@ -133,7 +130,11 @@ def make_mcd_step(
         k_model, k_loss = jax.random.split(key)
         xs, xt = source_batch[input_key], target_batch[input_key]
         n_s = xs.shape[0]
-        logits, feats, new_state = forward(params["model"], state.model_state, jnp.concatenate([xs, xt]), k_model)
+        joint = jnp.concatenate([xs, xt])
+        logits, feats, new_state = forward(params["model"], state.model_state, joint, k_model)
+        domains = ()
+        if num_sources > 1 or num_targets > 1:
+            domains = domain_views(feats, logits, joint, source_batch["label"], n_s, num_sources, num_targets)
         inputs = LossInputs(
             source_features=feats[:n_s],
             target_features=feats[n_s:],
@@ -146,6 +147,7 @@ def make_mcd_step(
             target_inputs=xt,
             params=params["model"],
             apply_model=make_apply_model(model, state.model_state, k_model),
+            domains=domains,
         )
         out = method.loss(params["aux"], state.term_states, inputs)
         logits2_t = second_classifier_logits(params["aux"][term_key], feats[n_s:], logits[n_s:])
