@@ -26,7 +26,7 @@ import numpy as np
 
 
 def _experiment():
-    path = Path(__file__).resolve().parent.parent / "experiments" / "digits_transfer_wider.py"
+    path = Path(__file__).resolve().parent.parent / "projects" / "digits_transfer_wider.py"
     spec = importlib.util.spec_from_file_location("digits_transfer_wider", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -63,8 +63,9 @@ def _split_list(values: list[str] | None) -> list[str]:
 
 def _run_custom(name: str, results_dir: Path, seeds: list[int], steps: int | None, overrides: dict[str, Any],
                 methods: list[str], force: bool) -> None:
-    """``da run`` of an experiment that defines its own ``run()``: passes on the options its
-    ``run()`` takes and refuses the others (instead of silently ignoring them)."""
+    """``da run`` of a project (``projects/<name>.py``, a program with its own ``run()``):
+    passes on the options its ``run()`` takes and refuses the others (instead of silently
+    ignoring them)."""
     from da_framework.config import ConfigError, experiment_path, load_experiment_module
 
     module = load_experiment_module(name)
@@ -73,7 +74,7 @@ def _run_custom(name: str, results_dir: Path, seeds: list[int], steps: int | Non
     refused = [flag for flag, (param, value) in given.items() if value and param not in takes]
     if refused:
         raise ConfigError(
-            f"experiment {name!r} defines its own run(), which takes no {', '.join(refused)}; "
+            f"project {name!r} defines its own run(), which takes no {', '.join(refused)}; "
             f"edit {experiment_path(name)} (or a copy of it) to change what it runs"
         )
     kwargs = {param: value for param, value in given.values() if value and param in takes}
@@ -85,7 +86,8 @@ def _run_custom(name: str, results_dir: Path, seeds: list[int], steps: int | Non
 
 @app.command()
 def run(
-    experiments: Annotated[list[str], typer.Argument(help="experiment names (experiments/<name>.py) or paths")],
+    experiments: Annotated[list[str], typer.Argument(
+        help="experiment or project names (experiments/<name>.py, projects/<name>.py) or paths")],
     method: Annotated[list[str] | None, typer.Option("--method", "-m", help="method preset or spec; repeat or comma-separate")] = None,
     seed: Annotated[list[int] | None, typer.Option("--seed", "-s", min=0, help="seed(s); repeatable")] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="run seeds 0..N-1 (instead of --seed)")] = None,
@@ -123,7 +125,7 @@ def run(
             if len(experiments) > 1:
                 from da_framework.config import ConfigError
 
-                raise ConfigError(f"experiment(s) {', '.join(custom)} define their own run(); run them one at a time")
+                raise ConfigError(f"project(s) {', '.join(custom)} define their own run(); run them one at a time")
             check_writable(results_dir)
             _run_custom(custom[0], results_dir, list(range(seeds)) if seeds else (seed or [0]), steps,
                         set_values, methods, force)
@@ -265,8 +267,8 @@ def dict_table(title: str, rows: list[dict]) -> Table:
 
 @app.command(name="list")
 def list_() -> None:
-    """Show the methods, losses, domains, models and experiments that exist."""
-    from da_framework.config import experiment_names
+    """Show the methods, losses, domains, models, experiments and projects that exist."""
+    from da_framework.config import experiment_names, project_names
     from da_framework.data.registry import domain_entries
     from da_framework.losses.registry import loss_specs
     from da_framework.models.registry import BACKBONES
@@ -299,7 +301,9 @@ def list_() -> None:
     for name, (_, desc) in BACKBONES.items():
         t.add_row(name, escape(desc))
     console.print(t)
-    console.print("experiments: " + (", ".join(experiment_names()) or "none found in ./experiments"))
+    console.print("experiments (configs): " + (", ".join(experiment_names()) or "none found in ./experiments"))
+    projects = ", ".join(project_names()) or "none found in ./projects"
+    console.print(f"projects (programs with their own run()): {projects}")
 
 
 # Commands defined next to what they drive.

@@ -4,12 +4,15 @@ An experiment file (``experiments/<name>.py``) defines ``get_config() -> dict`` 
 subset of :class:`ExperimentConfig`'s fields (big_vision style).  Unknown keys are an error
 that lists the valid keys.
 
-An experiment whose procedure is not "train one method on one domain pair" (weight
-transfer, detection, federated) instead defines::
+A program whose procedure is not "train one method on one domain pair" (weight
+transfer, detection, federated) is a *project* (``projects/<name>.py``, as scenic's
+``projects/``): it defines::
 
     def run(results_dir: pathlib.Path, seeds: list[int], steps: int | None) -> list[dict]
 
-returning one flat dict of printable values per table row; ``da run <name>`` calls it.
+returning one flat dict of printable values per table row; ``da run <name>`` calls it.  A
+bare name is looked up in ``experiments/`` first, then in ``projects/``; a file in
+``experiments/`` that defines ``run()``, or one in ``projects/`` that does not, is refused.
 """
 
 from __future__ import annotations
@@ -249,16 +252,35 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+_REPO = Path(__file__).resolve().parent.parent
+
+
 def experiments_dir() -> Path:
-    """The ``experiments/`` folder: ``$PWD/experiments`` if present, else the repo's."""
+    """The ``experiments/`` folder (configs): ``$PWD/experiments`` if present, else the repo's."""
     here = Path.cwd() / "experiments"
-    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "experiments"
+    return here if here.is_dir() else _REPO / "experiments"
+
+
+def projects_dir() -> Path:
+    """The ``projects/`` folder (programs with their own ``run()``): ``$PWD/projects`` if
+    present, else the repo's."""
+    here = Path.cwd() / "projects"
+    return here if here.is_dir() else _REPO / "projects"
+
+
+def _names_in(d: Path) -> list[str]:
+    """Stems of the ``.py`` files directly in ``d`` (none starting with ``_``)."""
+    return sorted(p.stem for p in d.glob("*.py") if not p.name.startswith("_")) if d.is_dir() else []
 
 
 def experiment_names() -> list[str]:
-    """Names of the experiment files found in :func:`experiments_dir`."""
-    d = experiments_dir()
-    return sorted(p.stem for p in d.glob("*.py") if not p.name.startswith("_")) if d.is_dir() else []
+    """Names of the experiment (config) files found in :func:`experiments_dir`."""
+    return _names_in(experiments_dir())
+
+
+def project_names() -> list[str]:
+    """Names of the project (program) files found in :func:`projects_dir`."""
+    return _names_in(projects_dir())
 
 
 _EXPERIMENT_FORM = (
@@ -268,23 +290,47 @@ _EXPERIMENT_FORM = (
 
 
 def experiment_path(name_or_path: str) -> Path:
-    """Resolves an experiment name (``experiments/<name>.py``) or path to an existing file.
+    """Resolves a name (``experiments/<name>.py``, else ``projects/<name>.py``) or a path
+    (anything with a suffix) to an existing file.
 
     Raises:
-      ConfigError: if there is no such file (the message lists known experiments) or it is not
-        a ``.py`` file.
+      ConfigError: if there is no such file (the message lists known experiments and
+        projects and where it looked) or it is not a ``.py`` file.
     """
     path = Path(name_or_path)
     if not path.suffix:
         path = experiments_dir() / f"{name_or_path}.py"
+        if not path.is_file() and (projects_dir() / f"{name_or_path}.py").is_file():
+            path = projects_dir() / f"{name_or_path}.py"
     if path.suffix != ".py" and path.is_file():
         raise ConfigError(f"experiment file {path} is not a Python file; {_EXPERIMENT_FORM}")
     if not path.is_file():
         raise ConfigError(
             f"unknown experiment {name_or_path!r}; valid experiments: {', '.join(experiment_names()) or 'none found'}"
-            f" (looked in {experiments_dir()})"
+            f"; projects: {', '.join(project_names()) or 'none found'}"
+            f" (looked in {experiments_dir()} and {projects_dir()})"
         )
     return path
+
+
+def check_placement(path: Path, module: Any) -> None:
+    """Refuses a program among the configs and a config among the projects.
+
+    Raises:
+      ConfigError: if ``path`` lies directly in :func:`experiments_dir` and its module
+        defines ``run``, or lies directly in :func:`projects_dir` and defines none.
+    """
+    folder = path.resolve().parent
+    if folder == experiments_dir().resolve() and hasattr(module, "run"):
+        raise ConfigError(
+            f"experiment file {path} defines run(): programs belong in projects/ "
+            f"(move it to {projects_dir() / path.name}); experiments/ holds configs defining get_config() only"
+        )
+    if folder == projects_dir().resolve() and not hasattr(module, "run"):
+        raise ConfigError(
+            f"project file {path} defines no run(): a project defines run(); configs go in experiments/ "
+            f"(move it to {experiments_dir() / path.name})"
+        )
 
 
 def _error_in(path: Path, error: Exception, kind: str = "experiment") -> ConfigError:
@@ -328,19 +374,24 @@ def call_in_file(path: Path, fn: Any, kind: str = "experiment") -> Any:
 
 
 def load_experiment_module(name_or_path: str) -> Any:
-    """Imports an experiment file as a module (it defines ``get_config`` and maybe ``run``).
+    """Imports an experiment or project file as a module (it defines ``get_config``; a
+    project also ``run``).
 
     Raises:
-      ConfigError: if the file is missing or not a ``.py`` file, or importing it fails (a
-        syntax error, an exception): one line with the file, the line and the error; the
-        original exception is chained as ``__cause__``.
+      ConfigError: if the file is missing or not a ``.py`` file, importing it fails (a
+        syntax error, an exception: one line with the file, the line and the error; the
+        original exception is chained as ``__cause__``), or it is in the wrong folder
+        (:func:`check_placement`).
     """
     path = experiment_path(name_or_path)
-    return import_python_file(path, f"da_experiment_{path.stem}")
+    module = import_python_file(path, f"da_experiment_{path.stem}")
+    check_placement(path, module)
+    return module
 
 
 def load_experiment(name_or_path: str) -> ExperimentConfig:
-    """Loads an experiment by name (``experiments/<name>.py``) or by file path.
+    """Loads an experiment (or a project's config) by name (``experiments/<name>.py``,
+    ``projects/<name>.py``) or by file path.
 
     Raises:
       ConfigError: if the file does not exist (the message lists known experiments), is not a

@@ -56,7 +56,7 @@ def test_task_on_tfds_mock_cifar10():
 
 
 def test_experiment_needs_prepared_cifar(tmp_path):
-    path = Path(__file__).resolve().parent.parent / "experiments" / "cifar_catsdogs_to_birds_airplanes.py"
+    path = Path(__file__).resolve().parent.parent / "projects" / "cifar_catsdogs_to_birds_airplanes.py"
     spec = importlib.util.spec_from_file_location("cifar_exp", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -66,7 +66,7 @@ def test_experiment_needs_prepared_cifar(tmp_path):
 
 @pytest.mark.slow
 def test_experiment_runs_on_mock_cifar(tmp_path, monkeypatch):
-    path = Path(__file__).resolve().parent.parent / "experiments" / "cifar_catsdogs_to_birds_airplanes.py"
+    path = Path(__file__).resolve().parent.parent / "projects" / "cifar_catsdogs_to_birds_airplanes.py"
     spec = importlib.util.spec_from_file_location("cifar_exp2", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

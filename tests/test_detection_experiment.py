@@ -1,4 +1,4 @@
-"""experiments/voc_birds_to_pedestrians.py: data choice and a tiny end-to-end run."""
+"""projects/voc_birds_to_pedestrians.py: data choice and a tiny end-to-end run."""
 
 import importlib.util
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 from da_framework.data.catalog import DatasetNotPreparedError
 
-PATH = Path(__file__).resolve().parent.parent / "experiments" / "voc_birds_to_pedestrians.py"
+PATH = Path(__file__).resolve().parent.parent / "projects" / "voc_birds_to_pedestrians.py"
 
 
 @pytest.fixture

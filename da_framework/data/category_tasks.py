@@ -1,6 +1,6 @@
 """Cross-category tasks cut from one labelled dataset: two positive classes + "other".
 
-Used by ``experiments/cifar_catsdogs_to_birds_airplanes.py``: a CIFAR-10 cats/dogs task
+Used by ``projects/cifar_catsdogs_to_birds_airplanes.py``: a CIFAR-10 cats/dogs task
 (source) and a birds/airplanes task (target), each a 3-way problem whose third class,
 ``other``, holds images of the remaining classes (the negatives).  The negatives are
 subsampled to the mean size of the two positive classes, so the three classes are

@@ -61,13 +61,15 @@ def load_fed_experiment(experiment: str) -> tuple[Any, Any]:
         experiment_path,
         load_experiment,
         load_experiment_module,
+        project_names,
     )
     from da_framework.federated.config import fed_config_from_dict
 
     config = load_experiment(experiment)
     module = load_experiment_module(experiment)
     if not hasattr(module, "FED_CONFIG"):
-        federated = [n for n in experiment_names() if "FED_CONFIG" in experiment_path(n).read_text()]
+        names = sorted(set(experiment_names()) | set(project_names()))
+        federated = [n for n in names if "FED_CONFIG" in experiment_path(n).read_text()]
         raise ConfigError(
             f"experiment {experiment!r} has no FED_CONFIG, so it is not a federated experiment; "
             f"federated experiments: {', '.join(federated) or 'none found'} (or use `da run {experiment}`)"
@@ -110,7 +112,7 @@ def run_fed_seeds(
 
     A seed whose record exists for exactly these configs is reused (``force`` reruns it);
     ``overrides`` are ``--set`` values, experiment or federated keys.  This is what an
-    experiment file's ``run()`` calls, so ``da run <fed experiment>`` works too.
+    project file's ``run()`` calls, so ``da run <fed project>`` works too.
     """
     from da_framework.federated.runner import run_federated
     from da_framework.results import check_record, claim, read_record, write_json_atomic
@@ -142,7 +144,8 @@ def _split_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 
 
 def fed(
-    experiment: Annotated[str, typer.Argument(help="experiment name (experiments/<name>.py) or path")],
+    experiment: Annotated[str, typer.Argument(
+        help="experiment or project name (experiments/<name>.py, projects/<name>.py) or path")],
     rounds: Annotated[int | None, typer.Option(help="override the number of rounds")] = None,
     seed: Annotated[int | None, typer.Option("--seed", "-s", help="seed")] = None,
     algorithm: Annotated[str | None, typer.Option(help="fedavg or fedprox")] = None,

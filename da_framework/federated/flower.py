@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     w = sub.add_parser("write-app", help="write the Flower app directory (its pyproject.toml)")
     w.add_argument("dest")
     rc = sub.add_parser("run-config", help="write a --run-config TOML for an experiment")
-    rc.add_argument("experiment", help="experiment name (experiments/<name>.py) or path")
+    rc.add_argument("experiment", help="experiment or project name (experiments/<name>.py, projects/<name>.py) or path")
     rc.add_argument("--out-dir", required=True, help="where the ServerApp writes global.npz and result.json")
     rc.add_argument("--dest", default="run.toml")
     rc.add_argument("--set", action="append", default=[], help="override an experiment or federated key: key=value")
