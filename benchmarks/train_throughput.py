@@ -23,7 +23,7 @@ import os
 import statistics
 import time
 
-from da_framework.config import load_experiment
+from da_framework.experiment_files import load_experiment
 from da_framework.results import cpu_model
 from da_framework.train.loop import train
 

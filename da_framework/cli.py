@@ -66,7 +66,8 @@ def _run_custom(name: str, results_dir: Path, seeds: list[int], steps: int | Non
     """``da run`` of a project (``projects/<name>.py``, a program with its own ``run()``):
     passes on the options its ``run()`` takes and refuses the others (instead of silently
     ignoring them)."""
-    from da_framework.config import ConfigError, experiment_path, load_experiment_module
+    from da_framework.config import ConfigError
+    from da_framework.experiment_files import experiment_path, load_experiment_module
 
     module = load_experiment_module(name)
     takes = inspect.signature(module.run).parameters
@@ -103,7 +104,8 @@ def run(
     finished run is skipped only when its record was made by the same config, and runs of
     different configs never overwrite each other.
     """
-    from da_framework.config import load_experiment, load_experiment_module, parse_override
+    from da_framework.config import parse_override
+    from da_framework.experiment_files import load_experiment, load_experiment_module
     from da_framework.errors import user_errors
     from da_framework.results import check_writable, result_path
     from da_framework.train.method import parse_method
@@ -209,7 +211,8 @@ def run_configs(configs: list[Any], paths: list[Path], force: bool = False) -> l
 
 def load_plugins(paths: list[Path]) -> None:
     """Imports user files (e.g. ones that ``@register_loss`` new losses) before a run."""
-    from da_framework.config import ConfigError, import_python_file
+    from da_framework.config import ConfigError
+    from da_framework.experiment_files import import_python_file
 
     for path in paths:
         if not path.is_file():
@@ -268,7 +271,7 @@ def dict_table(title: str, rows: list[dict]) -> Table:
 @app.command(name="list")
 def list_() -> None:
     """Show the methods, losses, domains, models, experiments and projects that exist."""
-    from da_framework.config import experiment_names, project_names
+    from da_framework.experiment_files import experiment_names, project_names
     from da_framework.data.registry import domain_entries
     from da_framework.losses.registry import loss_specs
     from da_framework.models.registry import BACKBONES

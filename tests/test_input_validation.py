@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from da_framework.config import ConfigError, ExperimentConfig, from_dict, load_experiment, parse_override
+from da_framework.config import ConfigError, ExperimentConfig, from_dict, parse_override
+from da_framework.experiment_files import load_experiment
 from da_framework.losses import LossError, register_loss
 from da_framework.train.method import LossTerm, Method, parse_method
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from da_framework.config import load_experiment
+from da_framework.experiment_files import load_experiment
 from da_framework.data import domain_names, get_domain
 from da_framework.data.catalog import DatasetNotPreparedError
 from da_framework.data.domain import DomainError

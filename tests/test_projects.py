@@ -13,15 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from da_framework.cli import app
-from da_framework.config import (
-    ConfigError,
-    experiment_path,
-    experiments_dir,
-    load_experiment,
-    load_experiment_module,
-    project_names,
-    projects_dir,
-)
+from da_framework.config import ConfigError
+from da_framework.experiment_files import experiment_path, experiments_dir, load_experiment, load_experiment_module, project_names, projects_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

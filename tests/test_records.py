@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from da_framework.bench.sweep import check_done, expand_sweep
 from da_framework.cli import app
-from da_framework.config import ExperimentConfig, load_experiment
+from da_framework.config import ExperimentConfig
+from da_framework.experiment_files import load_experiment
 from da_framework.console import RunProgress
 from da_framework.results import (
     RecordMismatchError,

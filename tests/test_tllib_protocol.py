@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from da_framework.bench.sweep import expand_sweep, load_sweep, run_one
-from da_framework.config import ConfigError, ExperimentConfig, load_experiment
+from da_framework.config import ConfigError, ExperimentConfig
+from da_framework.experiment_files import load_experiment
 from da_framework.train.loop import make_optimizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -11,6 +11,8 @@ A sweep file (``experiments/sweeps/<name>.py`` or any path) defines ``get_sweep(
                                                                  # or several in a list / "a,b"
             "seeds": [0, 1, 2],
             "grid": {"learning_rate": [1e-3, 3e-4]},            # optional; cartesian product
+            "method_settings": {"mdd": {"learning_rate": 0.004}},  # optional; config overrides
+                                                                 # of one method (over base)
             # loss weights and loss hyper-parameters are grid keys too: "weight:<key>" sets
             # the weight of the term keyed <key> (its loss name, or its "as <key>"),
             # "<key>.<name>" its hyper-parameter, in every method that has such a term
@@ -45,19 +47,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from da_framework.config import (
-    ConfigError,
-    ExperimentConfig,
-    call_in_file,
-    config_keys,
-    experiments_dir,
-    from_dict,
-    import_python_file,
-)
+from da_framework.config import ConfigError, ExperimentConfig, config_keys, from_dict
+from da_framework.experiment_files import call_in_file, experiments_dir, import_python_file
 from da_framework.results import DIVERGED_FORMAT as DIVERGED_FORMAT  # re-exported
 from da_framework.results import check_record, make_diverged_record, make_record, read_record, slug, write_json_atomic
 
-SWEEP_KEYS = ("name", "base", "methods", "pairs", "seeds", "grid", "checkpoint_every")
+SWEEP_KEYS = ("name", "base", "methods", "method_settings", "pairs", "seeds", "grid", "checkpoint_every")
 WEIGHT_PREFIX = "weight:"  # grid key "weight:<key>": the weight of the term keyed <key> (by default its loss name)
 
 
@@ -124,7 +119,7 @@ def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"unknown sweep key(s) {', '.join(unknown)}; valid keys: {', '.join(SWEEP_KEYS)}")
-    out = {"base": {}, "grid": {}, "checkpoint_every": 0, **sweep}
+    out = {"base": {}, "grid": {}, "method_settings": {}, "checkpoint_every": 0, **sweep}
     for key in ("methods", "pairs", "seeds"):
         if not out.get(key):
             raise ConfigError(f"sweep {out.get('name')!r} needs a non-empty {key!r} list")
@@ -138,6 +133,14 @@ def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
     clash = {"method", "source", "target", "seed", "name"} & (set(out["base"]) | set(out["grid"]))
     if clash:
         raise ConfigError(f"sweep base/grid must not set {', '.join(sorted(clash))}; use methods/pairs/seeds/name")
+    for method, settings in out["method_settings"].items():
+        if method not in out["methods"]:
+            raise ConfigError(f"method_settings names {method!r}, which is not in the sweep's methods {out['methods']}")
+        bad = sorted(set(settings) - set(config_keys())) or sorted({"method", "source", "target", "seed", "name"} & set(settings))
+        if bad:
+            raise ConfigError(f"method_settings[{method!r}] may not set {', '.join(bad)}; it takes config keys other than method/source/target/seed/name")
+        if set(settings) & set(out["grid"]):
+            raise ConfigError(f"method_settings[{method!r}] sets {', '.join(sorted(set(settings) & set(out['grid'])))}, which the grid sweeps; set it in one place")
     return out
 
 
@@ -230,7 +233,8 @@ def expand_sweep(sweep: Mapping[str, Any], results_dir: Path) -> list[RunSpec]:
                 continue
             seen.add(rel)
             config_hp = {k: v for k, v in hp.items() if not _method_key(k)}
-            values = {**sweep["base"], **config_hp, "name": sweep["name"], "source": src, "target": tgt, "method": spec, "seed": seed}
+            values = {**sweep["base"], **sweep["method_settings"].get(method, {}), **config_hp,
+                      "name": sweep["name"], "source": src, "target": tgt, "method": spec, "seed": seed}
             if sweep["checkpoint_every"]:
                 values.update(checkpoint_every=sweep["checkpoint_every"], checkpoint_dir=str(root / ".checkpoints" / rel))
             runs.append(RunSpec(from_dict(values), root / rel.with_suffix(".json"), hp, method))
@@ -258,7 +262,7 @@ def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[s
 
     sources = [get_domain(n, config.data_dir) for n in config.source_names]
     targets = [get_domain(n, config.data_dir) for n in config.target_names]
-    model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, **build_kwargs(config.model_kwargs))
+    model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, config.bottleneck_norm, **build_kwargs(config.model_kwargs))
     predict = make_predict_fn(model)
     variables = jax.device_get({"params": state.params["model"], **state.model_state})
 

@@ -55,14 +55,8 @@ def load_fed_experiment(experiment: str) -> tuple[Any, Any]:
       ConfigError: if the file has no ``FED_CONFIG`` (it is not a federated experiment;
         the message lists the ones that are).
     """
-    from da_framework.config import (
-        ConfigError,
-        experiment_names,
-        experiment_path,
-        load_experiment,
-        load_experiment_module,
-        project_names,
-    )
+    from da_framework.config import ConfigError
+    from da_framework.experiment_files import experiment_names, experiment_path, load_experiment, load_experiment_module, project_names
     from da_framework.federated.config import fed_config_from_dict
 
     config = load_experiment(experiment)

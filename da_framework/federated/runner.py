@@ -68,7 +68,7 @@ def make_clients(config: ExperimentConfig, fed: FedConfig) -> list[Client]:
 
 def local_training(config: ExperimentConfig, fed: FedConfig, num_classes: int) -> LocalTraining:
     """The clients' local procedure from the configs."""
-    model = make_model(config.model, num_classes, config.bottleneck_dim, **dict(config.model_kwargs))
+    model = make_model(config.model, num_classes, config.bottleneck_dim, config.bottleneck_norm, **dict(config.model_kwargs))
     return LocalTraining(
         model=model, batch_size=fed.local_batch_size, local_epochs=fed.local_epochs, client_lr=fed.client_lr,
         mu=fed.mu, adaptation=adaptation_method(fed.adaptation),

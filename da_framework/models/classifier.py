@@ -12,18 +12,36 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from da_framework.errors import UserError
+from da_framework.models.batchnorm import BatchNorm
+
+
+BOTTLENECK_NORMS = ("layer", "batch", "none")
+
 
 class Bottleneck(nn.Module):
-    """Dense -> LayerNorm -> ReLU projection of backbone features (TLL/DANN style)."""
+    """Dense -> norm -> ReLU projection of backbone features.
+
+    ``norm="layer"`` (the default) is a LayerNorm; ``norm="batch"`` is tllib's bottleneck
+    (``Linear -> BatchNorm1d -> ReLU``, its ``ImageClassifier``): a torch-style BatchNorm over
+    the step's whole batch (source and target together) with running statistics in
+    ``batch_stats``; ``"none"`` drops the norm.
+    """
 
     features: int
     dropout: float = 0.0
+    norm: str = "layer"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Projects ``x`` of shape (batch, d) to (batch, features)."""
         x = nn.Dense(self.features)(x)
-        x = nn.LayerNorm()(x)
+        if self.norm == "layer":
+            x = nn.LayerNorm()(x)
+        elif self.norm == "batch":
+            x = BatchNorm(use_running_average=not train)(x)
+        elif self.norm != "none":
+            raise UserError(f"unknown bottleneck norm {self.norm!r}; valid: {', '.join(BOTTLENECK_NORMS)}")
         x = nn.relu(x)
         if self.dropout:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -38,14 +56,16 @@ class Classifier(nn.Module):
         a ``train`` keyword.
       num_classes: number of output logits.
       bottleneck_dim: width of the bottleneck, or None for no bottleneck.
+      bottleneck_norm: the bottleneck's normalisation (:class:`Bottleneck`).
     """
 
     backbone: nn.Module
     num_classes: int
     bottleneck_dim: int | None = None
+    bottleneck_norm: str = "layer"
 
     def setup(self) -> None:
-        self.bottleneck = Bottleneck(self.bottleneck_dim) if self.bottleneck_dim else None
+        self.bottleneck = Bottleneck(self.bottleneck_dim, norm=self.bottleneck_norm) if self.bottleneck_dim else None
         self.head = nn.Dense(self.num_classes)
 
     def features(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -8,7 +8,7 @@ from typing import Any
 import flax.linen as nn
 
 from da_framework.errors import UserError
-from da_framework.models.classifier import Classifier
+from da_framework.models.classifier import BOTTLENECK_NORMS, Classifier
 from da_framework.models.lenet import LeNet, lenet_tllib
 from da_framework.models.mlp import MLP
 from da_framework.models.mnist_cnn import MNISTCNN
@@ -47,9 +47,11 @@ def build_kwargs(model_kwargs: Any) -> dict[str, Any]:
 
 
 def make_model(
-    name: str, num_classes: int, bottleneck_dim: int | None = None, **backbone_kwargs: Any
+    name: str, num_classes: int, bottleneck_dim: int | None = None, bottleneck_norm: str = "layer",
+    **backbone_kwargs: Any,
 ) -> Classifier:
-    """Builds ``Classifier(backbone=<name>(**backbone_kwargs), ...)``.
+    """Builds ``Classifier(backbone=<name>(**backbone_kwargs), ...)`` (``bottleneck_norm``:
+    ``"layer"``, ``"batch"`` as tllib, or ``"none"``).
 
     Raises:
       ModelError: for an unknown name (the message lists valid names), bad kwargs, or a
@@ -67,4 +69,7 @@ def make_model(
         backbone = BACKBONES[name][0](**backbone_kwargs)
     except TypeError as e:
         raise ModelError(f"bad arguments for model {name!r}: {e}") from None
-    return Classifier(backbone=backbone, num_classes=num_classes, bottleneck_dim=bottleneck_dim)
+    if bottleneck_norm not in BOTTLENECK_NORMS:
+        raise ModelError(f"unknown bottleneck_norm {bottleneck_norm!r}; valid: {', '.join(BOTTLENECK_NORMS)}")
+    return Classifier(backbone=backbone, num_classes=num_classes, bottleneck_dim=bottleneck_dim,
+                      bottleneck_norm=bottleneck_norm)

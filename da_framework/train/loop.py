@@ -134,7 +134,7 @@ def build(config: ExperimentConfig) -> Experiment:
     for other in sources[1:] + targets:
         check_domain_pair(sources[0], other)
     method = parse_method(config.method)
-    model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, **build_kwargs(config.model_kwargs))
+    model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, config.bottleneck_norm, **build_kwargs(config.model_kwargs))
     tx = make_optimizer(config)
     step = get_trainer(config.trainer, method)(
         model, method, tx, config.steps, input_key=sources[0].input_key, compute_dtype=config.compute_dtype,

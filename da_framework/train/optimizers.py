@@ -15,13 +15,18 @@ Learning-rate schedules (``count`` is the optimiser's step count, ``steps`` the 
 
 Optimisers: ``"sgd"`` (Nesterov momentum 0.9, weight decay added to the gradient, as tllib),
 ``"adam"`` (no weight decay), ``"adamw"`` (decoupled weight decay).  ``grad_clip > 0`` clips
-the global gradient norm first.
+the global gradient norm first.  ``lr_multipliers`` scales the final update of parameter
+groups (:func:`scale_by_path`): for these optimisers that is the same as giving the group the
+learning rate ``lr * scale``, as PyTorch parameter groups do (tllib's backbone at 0.1x).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+import jax
 import optax
 
 from da_framework.errors import UserError
@@ -55,6 +60,42 @@ def learning_rate_schedule(learning_rate: float, schedule: str, steps: int) -> o
     )
 
 
+def _path(path: tuple[Any, ...]) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def scale_by_path(multipliers: Mapping[str, float]) -> optax.GradientTransformation:
+    """Multiplies each update leaf by the scale of the first regex (``re.search`` on its
+    ``/``-joined path, e.g. ``model/backbone/Conv_0/kernel``) that matches it; 1 if none does.
+
+    ``init`` raises :class:`OptimizerError` for a regex that matches no parameter (a typo
+    would otherwise silently train everything at the base rate).
+    """
+    try:
+        rules = [(re.compile(k), float(v)) for k, v in multipliers.items()]
+    except re.error as e:
+        raise OptimizerError(f"lr_multipliers: bad regex: {e}") from None
+
+    def scale(path: tuple[Any, ...]) -> float:
+        name = _path(path)
+        return next((v for pat, v in rules if pat.search(name)), 1.0)
+
+    def init_fn(params: Any) -> optax.EmptyState:
+        paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        for pat, _ in rules:
+            if not any(pat.search(p) for p in paths):
+                raise OptimizerError(
+                    f"lr_multipliers regex {pat.pattern!r} matches no parameter; paths look like: {', '.join(paths[:4])}, ..."
+                )
+        return optax.EmptyState()
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        return jax.tree_util.tree_map_with_path(lambda p, u: u * scale(p) if scale(p) != 1.0 else u, updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def build_optimizer(
     name: str,
     learning_rate: float,
@@ -63,6 +104,7 @@ def build_optimizer(
     steps: int = 1,
     weight_decay: float = 0.0,
     grad_clip: float = 0.0,
+    lr_multipliers: Mapping[str, float] | None = None,
 ) -> optax.GradientTransformation:
     """The optimiser ``name`` with its learning-rate schedule, weight decay and clipping.
 
@@ -74,6 +116,7 @@ def build_optimizer(
       weight_decay: L2 coefficient (added to the gradient for SGD, decoupled for AdamW,
         ignored by Adam).
       grad_clip: clip the global gradient norm to this value first (0: no clipping).
+      lr_multipliers: ``{regex: scale}`` per-group learning-rate factors (:func:`scale_by_path`).
     """
     lr = learning_rate_schedule(learning_rate, schedule, steps)
     if name == "sgd":
@@ -86,6 +129,8 @@ def build_optimizer(
         raise OptimizerError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
     if grad_clip:
         opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
+    if lr_multipliers:
+        opt = optax.chain(opt, scale_by_path(lr_multipliers))
     return opt
 
 
@@ -98,4 +143,5 @@ def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
         steps=config.steps,
         weight_decay=config.weight_decay,
         grad_clip=config.grad_clip,
+        lr_multipliers=config.lr_multipliers,
     )

@@ -11,7 +11,7 @@ accuracy is reported beside, not instead of, the main sweep (docs/amazon_sentime
 
 from pathlib import Path
 
-from da_framework.config import import_python_file
+from da_framework.experiment_files import import_python_file
 
 _MAIN = import_python_file(
     Path(__file__).with_name("amazon_sentiment.py"), "da_sweep_amazon_sentiment_base", kind="sweep"
