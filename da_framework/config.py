@@ -52,7 +52,8 @@ class ExperimentConfig:
         or a method's own (``"mcd"``).
       steps: optimisation steps.
       batch_size: examples per domain per step (source and target each).
-      optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9, nesterov).
+      optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (Nesterov momentum ``momentum``).
+      momentum: sgd's momentum (default 0.9; 0: plain SGD); unused by adam/adamw.
       learning_rate: peak learning rate.
       lr_schedule: ``"constant"``, ``"cosine"``, ``"inv"`` (DANN's lr/(1+10p)^0.75, p = step/steps)
         or ``"inv:<gamma>"``, lr/(1+gamma*step)^0.75 per step, independent of ``steps``
@@ -94,6 +95,7 @@ class ExperimentConfig:
     steps: int = 500
     batch_size: int = 64
     optimizer: str = "sgd"
+    momentum: float = 0.9
     learning_rate: float = 0.01
     lr_schedule: str = "inv"
     weight_decay: float = 0.0
@@ -143,6 +145,8 @@ class ExperimentConfig:
                 raise ConfigError(f"config key {key!r} has invalid value {getattr(self, key)!r}; it must be {bound}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: adam, adamw, sgd")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"config key 'momentum' has invalid value {self.momentum!r}; it must be in [0, 1)")
         if self.optimizer == "adam" and self.weight_decay:
             raise ConfigError(
                 f"optimizer 'adam' has no weight decay, so weight_decay={self.weight_decay!r} would be ignored; "

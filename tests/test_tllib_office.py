@@ -61,6 +61,24 @@ def test_lr_multipliers_equal_torch_sgd_parameter_groups():
     assert 0 < moved < 0.2 * np.abs(np.asarray(p["model"]["head"]["w"]) - params["model"]["head"]["w"]).max()
 
 
+def test_momentum_zero_is_plain_sgd_with_l2_weight_decay():
+    """momentum=0 (tllib's AFN, FedAvg's clients): p <- p - lr (g + wd p), a closed form in float64."""
+    rng = np.random.default_rng(2)
+    p0, grads = rng.normal(size=5), [rng.normal(size=5) for _ in range(3)]
+    tx = build_optimizer("sgd", 0.1, weight_decay=1e-2, momentum=0.0)
+    p, state = jnp.asarray(p0, jnp.float32), None
+    state = tx.init(p)
+    want = p0.copy()
+    for g in grads:
+        updates, state = tx.update(jnp.asarray(g, jnp.float32), state, p)
+        p = optax.apply_updates(p, updates)
+        want = want - 0.1 * (g + 1e-2 * want)
+    np.testing.assert_allclose(np.asarray(p), want, rtol=1e-5, atol=1e-6)
+    assert config_hash(ExperimentConfig(momentum=0.9)) == config_hash(ExperimentConfig())
+    with pytest.raises(ConfigError, match="'momentum' has invalid value 1.5"):
+        ExperimentConfig(momentum=1.5)
+
+
 def test_lr_multipliers_errors_are_one_line():
     tx = build_optimizer("sgd", 0.1, lr_multipliers={"^model/backbon/": 0.1})
     with pytest.raises(OptimizerError, match="'\\^model/backbon/' matches no parameter; paths look like: model/b"):

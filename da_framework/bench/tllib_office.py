@@ -28,17 +28,18 @@ pass only ``-s/-t -a resnet50 --epochs 20 --seed``):
 Per-method settings (:data:`METHOD_SETTINGS`, from the argparse defaults above):
 CDAN as DANN; MCC lr 0.005, batch 36, temperature 2.5; JAN lr 0.003, ``inv:0.0003``, weight
 decay 5e-4, 500 iterations x 20 epochs; MDD bottleneck 1024, lr 0.004, ``inv:0.0002``, weight
-decay 5e-4, margin 4; BSP lr 0.003, BSP weight 2e-4 on DANN; AFN lr 0.001 constant, weight
-decay 5e-4, bottleneck 1000, 500 x 20 iterations, feature-norm weight 0.05 (delta 1).
+decay 5e-4, margin 4; BSP lr 0.003, BSP weight 2e-4 on DANN; AFN plain SGD (no momentum) at lr
+0.001 constant, weight decay 5e-4, bottleneck 1000, 500 x 20 iterations, feature-norm weight
+0.05 (delta 1).
 
 Known differences, not closed here (each can move the numbers):
 
 - tllib selects the best epoch on the target test set (an oracle); a run here reports its last
   step, with every epoch's target accuracy in its history (``da report`` shows the oracle pick);
-- AFN: tllib uses plain SGD (no momentum), random crops without resizing (``ran.crop``), a
+- AFN: tllib uses random crops without resizing (``ran.crop``), a
   ``Linear -> BatchNorm1d -> ReLU -> Dropout(0.5)`` bottleneck and separate source / target
-  forward passes (separate BatchNorm statistics); here Nesterov SGD, the shared pipeline and
-  one joint forward;
+  forward passes (separate BatchNorm statistics); here the shared pipeline, the BatchNorm
+  bottleneck without dropout and one joint forward;
 - BSP: tllib first trains 3 epochs on the source only (``--pretrain-epochs 3``); not done here;
 - MDD: tllib's adversarial and main heads are 1024-wide two-layer heads; here the ``mdd``
   term's own head on the bottleneck features;
@@ -70,8 +71,8 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "jan": {"learning_rate": 0.003, "lr_schedule": "inv:0.0003", "weight_decay": 5e-4, "steps": 10_000},
     "mdd": {"learning_rate": 0.004, "lr_schedule": "inv:0.0002", "weight_decay": 5e-4, "bottleneck_dim": 1024},
     "bsp": {"learning_rate": 0.003},
-    "afn": {"learning_rate": 0.001, "lr_schedule": "constant", "weight_decay": 5e-4, "bottleneck_dim": 1000,
-            "steps": 10_000},
+    "afn": {"learning_rate": 0.001, "lr_schedule": "constant", "momentum": 0.0, "weight_decay": 5e-4,
+            "bottleneck_dim": 1000, "steps": 10_000},
     "shot_im": {},
 }
 

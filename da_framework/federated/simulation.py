@@ -48,6 +48,7 @@ from da_framework.federated.execution import Execution, model_has_convolutions, 
 from da_framework.losses.registry import LossInputs
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
+from da_framework.train.optimizers import build_optimizer
 from da_framework.train.parallel import DATA_AXIS, ParallelError
 
 Params = Any
@@ -163,8 +164,9 @@ class LocalTraining:
         return max(1, math.ceil(max_examples / self.batch_size))
 
     def client_tx(self) -> optax.GradientTransformation:
-        """The client optimiser: plain SGD, as in FedAvg / FedProx."""
-        return optax.sgd(self.client_lr)
+        """The client optimiser: plain SGD (no momentum, no weight decay), as in FedAvg / FedProx,
+        from the project's one optimiser factory."""
+        return build_optimizer("sgd", self.client_lr, momentum=0.0)
 
 
 def epoch_order(key: jax.Array, mask: jax.Array) -> jax.Array:

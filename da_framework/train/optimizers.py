@@ -13,7 +13,7 @@ Learning-rate schedules (``count`` is the optimiser's step count, ``steps`` the 
 * ``"inv:<gamma>"``: tllib's ``lr * (1 + gamma count)^-0.75`` (its ``--lr-gamma``);
 * ``"warmup_cosine"``: linear warm-up from 0 over ``steps // 20`` steps, then cosine decay.
 
-Optimisers: ``"sgd"`` (Nesterov momentum 0.9, weight decay added to the gradient, as tllib),
+Optimisers: ``"sgd"`` (Nesterov momentum 0.9 by default, 0 for plain SGD; weight decay added to the gradient, as tllib),
 ``"adam"`` (no weight decay), ``"adamw"`` (decoupled weight decay).  ``grad_clip > 0`` clips
 the global gradient norm first.  ``lr_multipliers`` scales the final update of parameter
 groups (:func:`scale_by_path`): for these optimisers that is the same as giving the group the
@@ -105,6 +105,7 @@ def build_optimizer(
     weight_decay: float = 0.0,
     grad_clip: float = 0.0,
     lr_multipliers: Mapping[str, float] | None = None,
+    momentum: float = 0.9,
 ) -> optax.GradientTransformation:
     """The optimiser ``name`` with its learning-rate schedule, weight decay and clipping.
 
@@ -117,10 +118,15 @@ def build_optimizer(
         ignored by Adam).
       grad_clip: clip the global gradient norm to this value first (0: no clipping).
       lr_multipliers: ``{regex: scale}`` per-group learning-rate factors (:func:`scale_by_path`).
+      momentum: SGD's (Nesterov) momentum; 0 is plain SGD (FedAvg's clients, tllib's AFN).
     """
     lr = learning_rate_schedule(learning_rate, schedule, steps)
-    if name == "sgd":
-        opt = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, 0.9, nesterov=True))
+    if not 0 <= momentum < 1:
+        raise OptimizerError(f"momentum must be in [0, 1), got {momentum}")
+    if name == "sgd" and momentum:
+        opt = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum, nesterov=True))
+    elif name == "sgd":
+        opt = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr))
     elif name == "adamw":
         opt = optax.adamw(lr, weight_decay=weight_decay)
     elif name == "adam":
@@ -144,4 +150,5 @@ def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
         weight_decay=config.weight_decay,
         grad_clip=config.grad_clip,
         lr_multipliers=config.lr_multipliers,
+        momentum=config.momentum,
     )
