@@ -203,3 +203,17 @@ def test_diverging_grid_point_is_recorded_skipped_on_resume_and_reported(tmp_pat
     write_report(tmp_path / "t")
     md = (tmp_path / "t" / "report.md").read_text()
     assert "### Diverged runs" in md and "| dann @ learning_rate=1000000000.0 | digits/source→rotate | 0 | non-finite loss at step" in md
+
+
+def test_rmnist_domainbed_sweep_leaves_each_environment_out(tmp_path, monkeypatch):
+    from da_framework.bench.sweep import load_sweep
+
+    monkeypatch.setenv("DA_DG_STEPS", "50")
+    sweep = load_sweep("rmnist_domainbed")
+    assert sweep["name"] == "rmnist_domainbed_steps50"
+    runs = expand_sweep(sweep, tmp_path)
+    assert len(runs) == 7 * 6 * 3
+    for r in runs:
+        assert len(r.config.source_names) == 5 and r.config.target not in r.config.source_names
+        assert set(r.config.source_names) | {r.config.target} == {f"rmnist/{a}" for a in (0, 15, 30, 45, 60, 75)}
+    assert {r.config.steps for r in runs} == {50} and {r.config.model for r in runs} == {"mnist_cnn"}

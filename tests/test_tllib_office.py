@@ -134,3 +134,4 @@ def test_bad_method_settings_name_the_problem(settings, message):
              "seeds": [0], "grid": {"learning_rate": [0.1]}, "method_settings": settings}
     with pytest.raises(ConfigError, match=message):
         validate_sweep(sweep)
+
