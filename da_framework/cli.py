@@ -41,6 +41,15 @@ def fail(message: str, error: BaseException | None = None) -> NoReturn:
 
 
 
+def _data_origin(entry: Any) -> str:
+    """Where a domain's data comes from, for ``da list``."""
+    if not entry.needs_download:
+        return "embedded"
+    if entry.name.split("/")[0] in ("imagefolder", "office31", "office_home", "visda2017", "domainnet"):
+        return "image folder in the data dir"
+    return "tfds or $DA_DATA_DIR (prepare first)"
+
+
 def _split_list(values: list[str] | None) -> list[str]:
     """Splits repeated/comma-separated option values, keeping commas inside brackets and quotes."""
     out: list[str] = []
@@ -297,7 +306,7 @@ def list_() -> None:
     t = Table(title="domains")
     t.add_column("domain"), t.add_column("description"), t.add_column("data")
     for d in domain_entries():
-        t.add_row(d.name, escape(d.description), "tfds (prepare first)" if d.needs_download else "embedded")
+        t.add_row(d.name, escape(d.description), _data_origin(d))
     console.print(t)
     t = Table(title="models")
     t.add_column("model"), t.add_column("description")

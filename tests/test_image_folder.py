@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -208,6 +209,23 @@ def test_grain_worker_processes_decode_and_keep_the_stream(tmp_path):
         assert set(x["pid"]) == {os.getpid()}
         pids |= set(y["pid"].tolist())
     assert pids and os.getpid() not in pids  # decoded and augmented in worker processes
+
+
+def test_evaluation_reads_through_grain_workers_with_the_same_predictions(tmp_path):
+    """predict_split with 2 worker processes returns exactly the in-process predictions, in order."""
+    from da_framework.models.registry import make_model
+    from da_framework.train.evaluate import make_predict_fn, predict_split
+
+    tree(tmp_path / "mine", {"a/x.png": 3, "b/y.jpg": 2})
+    split = get_domain("imagefolder/mine@16", str(tmp_path)).split("test")
+    model = make_model("mlp", 2, None, hidden=(4,))
+    variables = model.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+    predict = make_predict_fn(model)
+    here = predict_split(predict, variables, split, 2, read_threads=0)
+    spawned = predict_split(predict, variables, split, 2, workers=2)
+    assert here["label"].tolist() == [0, 0, 0, 1, 1]
+    for k in ("logits", "features", "label"):
+        np.testing.assert_array_equal(here[k], spawned[k])
 
 
 # ------------------------------------------------------------------------------------ errors

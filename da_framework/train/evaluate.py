@@ -29,14 +29,18 @@ def predict_split(
     source: RandomAccessSource,
     batch_size: int,
     input_key: str = "image",
+    workers: int = 0,
+    read_threads: int = 4,
 ) -> dict[str, np.ndarray]:
-    """Runs ``predict`` over a whole split in fixed-size (padded) batches.
+    """Runs ``predict`` over a whole split in fixed-size (padded) batches (``workers``/``read_threads``:
+    grain reading processes/threads, as in training; the order of examples does not depend on them).
 
     Returns:
       ``{"logits": (n, k), "features": (n, d), "label": (n,)}`` as NumPy arrays.
     """
     logits, feats, labels = [], [], []
-    for batch in batch_iterator(source, batch_size, seed=0, shuffle=False, repeat=False, drop_remainder=False):
+    for batch in batch_iterator(source, batch_size, seed=0, shuffle=False, repeat=False, drop_remainder=False,
+                                workers=workers, read_threads=read_threads):
         x = batch[input_key]
         n = x.shape[0]
         if n < batch_size:  # pad so every call has the same shape: one compilation
@@ -70,7 +74,9 @@ def evaluate(
     num_classes: int,
     batch_size: int = 512,
     input_key: str = "image",
+    workers: int = 0,
+    read_threads: int = 4,
 ) -> dict[str, Any]:
     """Classification metrics of the model on one split."""
-    out = predict_split(predict, variables, source, batch_size, input_key)
+    out = predict_split(predict, variables, source, batch_size, input_key, workers, read_threads)
     return classification_metrics(out["logits"], out["label"], num_classes)

@@ -197,8 +197,11 @@ def evaluate_state(exp: Experiment, state: TrainState, predict: Callable[..., An
     predict = predict or make_predict_fn(exp.model)
     variables = {"params": state.params["model"], **state.model_state}
     out: dict[str, Any] = {}
-    tgt = [evaluate(predict, variables, t.split("test"), t.num_classes, config.eval_batch_size, x_key) for t in exp.targets]
-    src = [evaluate(predict, variables, s.split("val"), s.num_classes, config.eval_batch_size, x_key) for s in exp.sources]
+    reading = (config.data_workers, config.data_threads)
+    tgt = [evaluate(predict, variables, t.split("test"), t.num_classes, config.eval_batch_size, x_key, *reading)
+           for t in exp.targets]
+    src = [evaluate(predict, variables, s.split("val"), s.num_classes, config.eval_batch_size, x_key, *reading)
+           for s in exp.sources]
     if len(exp.targets) > 1:
         for name, t in zip(config.target_names, tgt):
             out[f"target_test_accuracy/{name}"] = t["accuracy"]
