@@ -187,8 +187,20 @@ class ExperimentConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def replace(self, **overrides: Any) -> ExperimentConfig:
-        """Returns a copy with ``overrides`` applied (unknown keys raise ConfigError)."""
-        return from_dict({**self.to_dict(), **overrides})
+        """Returns a copy with ``overrides`` applied (unknown keys raise ConfigError).
+
+        A dotted key sets one entry of a dict-valued key and keeps the others:
+        ``replace(**{"model_kwargs.pretrained": "/w.pth"})``.
+        """
+        values = self.to_dict()
+        for key, value in overrides.items():
+            head, dot, entry = key.partition(".")
+            if dot:
+                _check_dotted(key)
+                values[head] = {**values[head], entry: value}
+            else:
+                values[key] = value
+        return from_dict(values)
 
 
 def inv_gamma(lr_schedule: str) -> float | None:
@@ -249,14 +261,25 @@ def from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
         raise ConfigError(str(e)) from None
 
 
+def _check_dotted(key: str) -> None:
+    """``<dict key>.<entry>`` names one entry of a dict-valued config key, else ConfigError."""
+    head, _, entry = key.partition(".")
+    dicts = [f.name for f in dataclasses.fields(ExperimentConfig) if str(f.type).startswith("Mapping")]
+    if head not in dicts or not entry:
+        raise ConfigError(f"dotted override {key!r} must be <dict key>.<entry>; dict keys: {', '.join(dicts)}")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parses ``key=value`` (value as a Python/JSON literal, else a string)."""
+    """Parses ``key=value`` (value as a Python/JSON literal, else a string); ``key`` may be
+    dotted (``model_kwargs.pretrained=/w.pth``) to set one entry of a dict-valued key."""
     import ast
 
     if "=" not in text:
         raise ConfigError(f"override {text!r} must be written key=value")
     key, raw = (s.strip() for s in text.split("=", 1))
-    if key not in config_keys():
+    if "." in key:
+        _check_dotted(key)
+    elif key not in config_keys():
         raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(config_keys())}")
     try:
         return key, ast.literal_eval(raw)

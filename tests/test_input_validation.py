@@ -176,3 +176,15 @@ def test_weight_decay_with_plain_adam_is_refused_not_ignored():
         ExperimentConfig(optimizer="adam", weight_decay=1e-3)
     assert ExperimentConfig(optimizer="adamw", weight_decay=1e-3).weight_decay == 1e-3
     assert ExperimentConfig(optimizer="adam").weight_decay == 0.0
+
+
+def test_dotted_overrides_set_one_entry_of_a_dict_key():
+    key, value = parse_override("model_kwargs.pretrained=/data/resnet50.pth")
+    assert (key, value) == ("model_kwargs.pretrained", "/data/resnet50.pth")
+    config = ExperimentConfig(model_kwargs={"channels": (4, 8), "dense": 16})
+    new = config.replace(**{key: value, "lr_multipliers.^model/backbone/": 0.1})
+    assert dict(new.model_kwargs) == {"channels": [4, 8], "dense": 16, "pretrained": "/data/resnet50.pth"}
+    assert dict(new.lr_multipliers) == {"^model/backbone/": 0.1}
+    for bad in ("steps.x=3", "model_kwargs.=3", "nope.x=1"):
+        with pytest.raises(ConfigError, match="must be <dict key>.<entry>; dict keys: model_kwargs, lr_multipliers"):
+            parse_override(bad)
