@@ -45,7 +45,9 @@ def _data_origin(entry: Any) -> str:
     """Where a domain's data comes from, for ``da list``."""
     if not entry.needs_download:
         return "embedded"
-    if entry.name.split("/")[0] in ("imagefolder", "office31", "office_home", "visda2017", "domainnet"):
+    from da_framework.data.image_datasets import DATASETS
+
+    if entry.name.split("/")[0] in ("imagefolder", *DATASETS):
         return "image folder in the data dir"
     return "tfds or $DA_DATA_DIR (prepare first)"
 

@@ -60,10 +60,6 @@ def learning_rate_schedule(learning_rate: float, schedule: str, steps: int) -> o
     )
 
 
-def _path(path: tuple[Any, ...]) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def scale_by_path(multipliers: Mapping[str, float]) -> optax.GradientTransformation:
     """Multiplies each update leaf by the scale of the first regex (``re.search`` on its
     ``/``-joined path, e.g. ``model/backbone/Conv_0/kernel``) that matches it; 1 if none does.
@@ -71,17 +67,19 @@ def scale_by_path(multipliers: Mapping[str, float]) -> optax.GradientTransformat
     ``init`` raises :class:`OptimizerError` for a regex that matches no parameter (a typo
     would otherwise silently train everything at the base rate).
     """
+    from da_framework.transfer.weights import path_string  # the project's one key-path spelling
+
     try:
         rules = [(re.compile(k), float(v)) for k, v in multipliers.items()]
     except re.error as e:
         raise OptimizerError(f"lr_multipliers: bad regex: {e}") from None
 
     def scale(path: tuple[Any, ...]) -> float:
-        name = _path(path)
+        name = path_string(path)
         return next((v for pat, v in rules if pat.search(name)), 1.0)
 
     def init_fn(params: Any) -> optax.EmptyState:
-        paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        paths = [path_string(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
         for pat, _ in rules:
             if not any(pat.search(p) for p in paths):
                 raise OptimizerError(
@@ -91,7 +89,11 @@ def scale_by_path(multipliers: Mapping[str, float]) -> optax.GradientTransformat
 
     def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
         del params
-        return jax.tree_util.tree_map_with_path(lambda p, u: u * scale(p) if scale(p) != 1.0 else u, updates), state
+        def apply(path: tuple[Any, ...], u: Any) -> Any:  # trace time only: one regex pass per leaf
+            factor = scale(path)
+            return u if factor == 1.0 else u * factor
+
+        return jax.tree_util.tree_map_with_path(apply, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
