@@ -69,6 +69,9 @@ class ExperimentConfig:
       seed: seed of initialisation, data order and every random op.
       eval_every: evaluate every this many steps (0: only at the end).
       eval_batch_size: batch size of evaluation.
+      eval_target_val: also evaluate every target's ``val`` split (``target_val_accuracy``):
+        for a DG environment its 20% out-split, read by DomainBed's test-domain oracle
+        (:mod:`da_framework.bench.dg_selection`).  Off by default: UDA never reads it.
       log_every: fetch metrics from the device every this many steps.
       num_devices: data-parallel devices (batch sharded over a 1-D mesh); 1 = one device.
       data_dir: tfds data directory for catalog domains (None: default).
@@ -104,6 +107,7 @@ class ExperimentConfig:
     seed: int = 0
     eval_every: int = 0
     eval_batch_size: int = 512
+    eval_target_val: bool = False
     log_every: int = 50
     num_devices: int = 1
     data_dir: str | None = None
@@ -215,7 +219,7 @@ def inv_gamma(lr_schedule: str) -> float | None:
     return gamma if math.isfinite(gamma) and gamma > 0 else None
 
 
-_KINDS = {"int": "an int", "float": "a finite number", "str": "a string", "Mapping[str, Any]": "a dict"}
+_KINDS = {"int": "an int", "float": "a finite number", "str": "a string", "bool": "True or False", "Mapping[str, Any]": "a dict"}
 
 
 def _check_type(key: str, annotation: str, value: Any) -> Any:
@@ -237,6 +241,8 @@ def _check_type(key: str, annotation: str, value: Any) -> Any:
         return float(value)
     if base == "str" and isinstance(value, str):
         return value
+    if base == "bool" and isinstance(value, bool):
+        return bool(value)
     if base == "Mapping[str, Any]" and isinstance(value, Mapping):
         return value
     if base not in _KINDS:

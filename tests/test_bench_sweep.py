@@ -205,15 +205,21 @@ def test_diverging_grid_point_is_recorded_skipped_on_resume_and_reported(tmp_pat
     assert "### Diverged runs" in md and "| dann @ learning_rate=1000000000.0 | digits/source→rotate | 0 | non-finite loss at step" in md
 
 
-def test_rmnist_domainbed_sweep_leaves_each_environment_out(tmp_path, monkeypatch):
+def test_rmnist_domainbed_sweep_leaves_each_environment_and_each_pair_out(tmp_path, monkeypatch):
     from da_framework.bench.sweep import load_sweep
 
     monkeypatch.setenv("DA_DG_STEPS", "50")
+    monkeypatch.setenv("DA_DG_SAMPLES", "2")
+    monkeypatch.setenv("DA_DG_ALGORITHMS", "ERM,IRM")
     sweep = load_sweep("rmnist_domainbed")
-    assert sweep["name"] == "rmnist_domainbed_steps50"
+    assert sweep["name"] == "rmnist_domainbed_steps50_samples2"
     runs = expand_sweep(sweep, tmp_path)
-    assert len(runs) == 7 * 6 * 3
+    assert len(runs) == 2 * (6 + 15) * 3 * 2  # algorithms x (main + leave-one-out pairs) x trials x samples
+    envs = {f"rmnist/{a}" for a in (0, 15, 30, 45, 60, 75)}
     for r in runs:
-        assert len(r.config.source_names) == 5 and r.config.target not in r.config.source_names
-        assert set(r.config.source_names) | {r.config.target} == {f"rmnist/{a}" for a in (0, 15, 30, 45, 60, 75)}
+        targets = r.config.target_names
+        assert len(targets) in (1, 2) and len(r.config.source_names) == 6 - len(targets)
+        assert set(r.config.source_names) | set(targets) == envs and not set(targets) & set(r.config.source_names)
+    assert sum(len(r.config.target_names) == 2 for r in runs) == 2 * 15 * 3 * 2
     assert {r.config.steps for r in runs} == {50} and {r.config.model for r in runs} == {"mnist_cnn"}
+    assert all(r.config.eval_target_val for r in runs)

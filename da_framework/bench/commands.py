@@ -25,6 +25,18 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return user_errors()
 
 
+def _print_plan(runs: list[Any]) -> None:
+    """One line per run of a sweep: done or pending, its record path, and its hyper-parameters (sampled included)."""
+    import json
+
+    for r in runs:
+        c = r.config
+        state = "done   " if r.path.exists() else "pending"
+        console.print(f"{state} {escape(str(r.path))}  seed {c.seed}  {escape(json.dumps(dict(r.hparams), sort_keys=True))}",
+                      soft_wrap=True, highlight=False)
+    console.print(f"{len(runs)} runs, {sum(not r.path.exists() for r in runs)} pending (--plan: nothing trained)")
+
+
 def bench(
     sweep: Annotated[str, typer.Argument(help="sweep name (experiments/sweeps/<name>.py) or path to a file defining get_sweep()")],
     results_dir: Annotated[Path, typer.Option(help="where result JSON files go")] = Path("results"),
@@ -39,6 +51,7 @@ def bench(
     slurm_partition: Annotated[str | None, typer.Option(help="slurm: partition to submit to")] = None,
     slurm_timeout_min: Annotated[int | None, typer.Option(min=1, help="slurm: time limit per run in minutes (default 60)")] = None,
     slurm_cluster: Annotated[str | None, typer.Option(help="slurm: submitit cluster ('local' runs the jobs as local subprocesses)")] = None,
+    plan: Annotated[bool, typer.Option(help="print every run (pair, method, seed, hyper-parameters, done or not) and train nothing")] = False,
 ) -> None:
     """Run every run of a sweep that has no result yet (methods x pairs x seeds x grid); resumable.
 
@@ -62,6 +75,9 @@ def bench(
         spec = load_sweep(sweep)
         runs = expand_sweep(spec, results_dir)
         check_done(runs)  # an edited sweep must not mix its results with the old ones
+        if plan:
+            _print_plan(runs)
+            return
         check_writable(results_dir)
     except errors as e:
         _fail(str(e), e)

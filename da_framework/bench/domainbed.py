@@ -8,14 +8,20 @@ From facebookresearch/DomainBed (Gulrajani & Lopez-Paz, ICLR 2021): ``hparams_re
 the test one, in DomainBed's order; ``target`` is the test environment, whose ``test`` split
 is its in-split (the number DomainBed reports; :mod:`da_framework.data.environments`).
 
+:func:`domainbed_pairs` lists a sweep's (sources, target) pairs, with the leave-one-out runs
+its ``leave_one_out`` selection rule needs (:mod:`da_framework.bench.dg_selection`), and
+:func:`domainbed_space` the random-search space of a method (``hparams_registry.py``'s
+``SMALL_IMAGES`` branches) in :mod:`da_framework.bench.search` form.
+
 Known differences, not closed here: the step also forwards a batch of the test environment
 that no DG term reads (compute only: ``mnist_cnn`` and ``lenet`` have no batch statistics);
-evaluation reports the last step (DomainBed's three model-selection rules and its
-20 x 3 hyper-parameter sweep come later); initialisation is flax's, not PyTorch's.
+initialisation is flax's, not PyTorch's; the search draws from NumPy generators seeded per
+(sample, trial, method), so its values are DomainBed's distributions, not its exact draws.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from da_framework.data.dg_digits import SHIFT_ENVIRONMENTS
@@ -59,4 +65,86 @@ def domainbed_dg(family: str, test_env: str, steps: int = 5001) -> dict[str, Any
         "batch_size": 64,
         "steps": steps,
         "eval_every": 100,
+        "eval_target_val": True,  # the test environment's out-split, for the test-domain oracle
+    }
+
+
+def domainbed_pairs(family: str, leave_one_out: bool = True) -> list[tuple[list[str], str]]:
+    """A DG sweep's ``(sources, target)`` pairs: each environment held out in turn, then
+    (``leave_one_out``) each unordered pair ``{t, v}`` held out together as target ``"t,v"``,
+    the runs DomainBed's leave-one-domain-out rule reads (its ``test_envs=[t, v]``).
+
+    RotatedMNIST: 6 main + 15 leave-one-out pairs; ColoredMNIST: 3 + 3.
+    """
+    if family not in ENVIRONMENTS:
+        raise UserError(f"unknown DG family {family!r}; valid: {', '.join(ENVIRONMENTS)}")
+    names = ENVIRONMENTS[family]
+    pairs = [([n for n in names if n != t], t) for t in names]
+    if leave_one_out:
+        pairs += [([n for n in names if n not in (t, v)], f"{t},{v}") for t, v in itertools.combinations(names, 2)]
+    return pairs
+
+
+# hparams_registry.py (SMALL_IMAGES): every algorithm's own hyper-parameters, as "<loss>.<hparam>".
+COMMON_SPACE: dict[str, str] = {"learning_rate": "log10_uniform(-4.5, -2.5)", "batch_size": "int_pow2_uniform(3, 9)"}
+LOSS_SPACES: dict[str, dict[str, str]] = {
+    "irm": {"irm_lambda": "log10_uniform(-1, 5)", "irm_penalty_anneal_iters": "int_log10_uniform(0, 4)"},
+    "vrex": {"vrex_lambda": "log10_uniform(-1, 5)", "vrex_penalty_anneal_iters": "int_log10_uniform(0, 4)"},
+    "ib": {"ib_lambda": "log10_uniform(-1, 5)", "ib_penalty_anneal_iters": "int_log10_uniform(0, 4)"},
+    "mixup": {"mixup_alpha": "log10_uniform(-1, 1)"},
+    "group_dro": {"eta": "log10_uniform(-3, -1)"},
+    "coral_envs": {"mmd_gamma": "log10_uniform(-1, 1)"},
+    "mmd_envs": {"mmd_gamma": "log10_uniform(-1, 1)"},
+    "sd": {"sd_reg": "log10_uniform(-5, -1)"},
+    "cad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
+    "condcad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
+}
+
+
+def domainbed_space(method: str) -> dict[str, str]:
+    """DomainBed's random-search space of ``method`` (a method spec): learning rate and batch
+    size, plus every term's own hyper-parameters, keyed as sweep grid keys (``irm.irm_lambda``).
+
+    A term whose hyper-parameters DomainBed does not search (``cross_entropy``) adds nothing.
+    """
+    from da_framework.train.method import parse_method
+
+    space = dict(COMMON_SPACE)
+    for term in parse_method(method).terms:
+        space.update({f"{term.key}.{k}": v for k, v in LOSS_SPACES.get(term.loss, {}).items()})
+    return space
+
+
+# DomainBed's names -> method specs (docs/domain_generalisation.md lists the files).
+ALGORITHMS: dict[str, str] = {
+    "ERM": "cross_entropy", "IRM": "cross_entropy + irm", "VREx": "cross_entropy + vrex", "Mixup": "mixup",
+    "CORAL": "cross_entropy + coral_envs", "MMD": "cross_entropy + mmd_envs", "SD": "cross_entropy + sd",
+    "GroupDRO": "group_dro", "IB_ERM": "cross_entropy + ib", "IB_IRM": "cross_entropy + irm + ib",
+    "CAD": "cross_entropy + cad", "CondCAD": "cross_entropy + condcad",
+}
+
+
+def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int = 5001, samples: int = 20,
+                    seeds: tuple[int, ...] = (0, 1, 2), leave_one_out: bool = True, search_seed: int = 0) -> dict[str, Any]:
+    """A ``da bench`` sweep dict of DomainBed's protocol on ``family``: algorithms (DomainBed
+    names, default all of :data:`ALGORITHMS`) x held-out environments (and leave-one-out pairs)
+    x ``samples`` random hyper-parameter points (sample 0: the defaults) x trial ``seeds``.
+
+    DomainBed's published sweep is ``samples=20``, three trials, 5001 steps; ``da bench SWEEP
+    --plan`` prints every run and its sampled values before anything trains.
+    """
+    names = algorithms if algorithms is not None else list(ALGORITHMS)
+    unknown = [a for a in names if a not in ALGORITHMS]
+    if unknown:
+        raise UserError(f"unknown DomainBed algorithm(s) {', '.join(unknown)}; valid: {', '.join(ALGORITHMS)}")
+    methods = [ALGORITHMS[a] for a in names]
+    first = ENVIRONMENTS[family][0].split("/", 1)[1] if family in ENVIRONMENTS else ""
+    base = {k: v for k, v in domainbed_dg(family, first, steps).items() if k not in ("source", "target")}
+    return {
+        "name": f"{family}_domainbed" + ("" if (steps, samples) == (5001, 20) else f"_steps{steps}_samples{samples}"),
+        "base": base,
+        "methods": methods,
+        "pairs": domainbed_pairs(family, leave_one_out),
+        "seeds": list(seeds),
+        "search": {"samples": samples, "seed": search_seed, "spaces": {m: domainbed_space(m) for m in methods}},
     }

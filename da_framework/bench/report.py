@@ -12,6 +12,10 @@ Tables (``report.md`` / ``report.tex`` in the results folder), every cell mean Â
 3. Validator scores and proxy A-distance of each method (mean over pairs and seeds).
 4. Proxy A-distance per pair (source-only = before adaptation).
 
+A domain-generalisation sweep (configs with ``eval_target_val``, e.g. DomainBed's protocol)
+gets DomainBed's three model-selection tables first (:mod:`da_framework.bench.dg_selection`);
+its leave-one-out runs feed those and are left out of the others.
+
 Plots (``plots/``): accuracy curves per pair and 2-D feature embeddings per pair.
 """
 
@@ -371,7 +375,13 @@ def write_report(
                 if not str(r["format"]).startswith("da_framework.run") and r["format"] != DIVERGED_FORMAT]
     records = load_records(results_dir, found)
     check_metric(records, metric)
-    tables = [headline_table(records, select, metric)]
+    tables = []
+    if any(r["config"].get("eval_target_val") for r in records):  # a DG sweep: DomainBed's three rules first
+        from da_framework.bench.dg_selection import dg_tables
+
+        tables += dg_tables(records)
+        records = [r for r in records if "," not in r["config"]["target"]]  # leave-one-out runs only feed those
+    tables.append(headline_table(records, select, metric))
     if any(r.get("hparams") for r in records):
         tables.append(grid_table(records, metric))
     if all("selection" in r for r in records):

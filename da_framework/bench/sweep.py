@@ -18,7 +18,8 @@ A sweep file (``experiments/sweeps/<name>.py`` or any path) defines ``get_sweep(
             # "<key>.<name>" its hyper-parameter, in every method that has such a term
             # (methods without it run once per remaining grid point)
             "checkpoint_every": 100,                             # optional; in-run resume
-        }
+            "search": {"samples": 20, "seed": 0, "spaces": {...}},  # optional; random search
+        }                                                        # (da_framework.bench.search)
 
 Every run is written as its own record (``da_framework.results`` format plus the
 ``"selection"`` scores of :mod:`da_framework.bench.selection`, an ``"analysis"`` dict and a
@@ -26,9 +27,8 @@ small ``.features.npz`` for embedding plots) at a path that names it, atomically
 sweep again skips every run whose record exists, so a killed sweep restarted loses nothing;
 with ``checkpoint_every`` the interrupted run itself resumes from its last checkpoint.
 
-A record is reused only if the config that made it is the run's config (same config hash,
-:func:`da_framework.results.check_record`): after editing a sweep's base or grid values,
-:func:`check_done` refuses to mix old and new results and says how to proceed.  Several
+A record is reused only if its config hash is the run's (:func:`check_done` refuses to mix
+old and new results after an edit, and says how to proceed).  Several
 ``da bench`` processes may share one results folder: each run is claimed
 (:func:`da_framework.results.claim`) before it starts, so none runs twice.
 """
@@ -52,7 +52,7 @@ from da_framework.experiment_files import call_in_file, experiments_dir, import_
 from da_framework.results import DIVERGED_FORMAT as DIVERGED_FORMAT  # re-exported
 from da_framework.results import check_record, make_diverged_record, make_record, read_record, slug, write_json_atomic
 
-SWEEP_KEYS = ("name", "base", "methods", "method_settings", "pairs", "seeds", "grid", "checkpoint_every")
+SWEEP_KEYS = ("name", "base", "methods", "method_settings", "pairs", "seeds", "grid", "checkpoint_every", "search")
 WEIGHT_PREFIX = "weight:"  # grid key "weight:<key>": the weight of the term keyed <key> (by default its loss name)
 
 
@@ -141,7 +141,23 @@ def validate_sweep(sweep: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"method_settings[{method!r}] may not set {', '.join(bad)}; it takes config keys other than method/source/target/seed/name")
         if set(settings) & set(out["grid"]):
             raise ConfigError(f"method_settings[{method!r}] sets {', '.join(sorted(set(settings) & set(out['grid'])))}, which the grid sweeps; set it in one place")
+    if "search" in out:
+        _check_search(out)
     return out
+
+
+def _check_search(sweep: dict[str, Any]) -> None:
+    """Validates ``sweep["search"]`` in place: keys are grid keys of their method that nothing else sets."""
+    from da_framework.bench.search import validate_search
+
+    sweep["search"] = validate_search(sweep["search"], sweep["methods"])
+    for method, key in ((m, k) for m, space in sweep["search"]["spaces"].items() for k in space):
+        if key in sweep["grid"] or key in sweep["method_settings"].get(method, {}):
+            raise ConfigError(f"search space of {method!r} samples {key!r}, which the grid or method_settings also sets; set it in one place")
+        if _method_key(key):
+            _check_method_key(key, [], [method])
+        elif key not in config_keys() or key in {"method", "source", "target", "seed", "name"}:
+            raise ConfigError(f"search space of {method!r}: {key!r} is no sweepable config key; valid keys: {', '.join(config_keys())}")
 
 
 def _pair(pair: Any) -> tuple[str, str]:
@@ -212,11 +228,14 @@ def _hp_slug(hparams: Mapping[str, Any]) -> str:
 
 
 def expand_sweep(sweep: Mapping[str, Any], results_dir: Path) -> list[RunSpec]:
-    """All runs of a sweep, in a fixed order (pair, method, grid point, seed).
+    """All runs of a sweep, in a fixed order (pair, method, grid point, seed, search sample).
 
-    Records go to ``<results>/<name>/<source>__<target>/<method>/<grid point>/seed<s>.json``;
-    checkpoints (if ``checkpoint_every``) to ``<results>/<name>/.checkpoints/...``.
+    Records go to ``<results>/<name>/<source>__<target>/<method>/<grid point>/seed<s>.json``
+    (with a ``"search"``, ``<grid point>`` is ``sample<i>`` or ``sample<i>_<grid point>`` and the
+    record's ``hparams`` hold the sampled values); checkpoints (if ``checkpoint_every``) go to
+    ``<results>/<name>/.checkpoints/...``.
     """
+    from da_framework.bench.search import search_points
     from da_framework.train.method import parse_method
 
     sweep = validate_sweep(sweep)
@@ -226,9 +245,11 @@ def expand_sweep(sweep: Mapping[str, Any], results_dir: Path) -> list[RunSpec]:
     runs, seen = [], set()
     for (src, tgt), method in itertools.product(sweep["pairs"], sweep["methods"]):
         parse_method(method)  # fail fast on a bad method, before any training
-        for point, seed in itertools.product(points, sweep["seeds"]):
-            spec, hp = method_at(method, point)
-            rel = Path(f"{slug(src)}__{slug(tgt)}") / slug(method) / _hp_slug(hp) / f"seed{seed}"
+        for point, seed, sample in ((p, s, i) for p in points for s in sweep["seeds"]
+                                    for i in (search_points(sweep["search"], method, s) if "search" in sweep else [None])):
+            spec, hp = method_at(method, {**point, **(sample[1] if sample else {})})
+            folder = _hp_slug(hp) if sample is None else f"sample{sample[0]}" + (f"_{_hp_slug(method_at(method, point)[1])}" if point else "")
+            rel = Path(f"{slug(src)}__{slug(tgt)}") / slug(method) / folder / f"seed{seed}"
             if rel in seen:  # a weight this method does not have: already listed
                 continue
             seen.add(rel)
@@ -239,10 +260,6 @@ def expand_sweep(sweep: Mapping[str, Any], results_dir: Path) -> list[RunSpec]:
                 values.update(checkpoint_every=sweep["checkpoint_every"], checkpoint_dir=str(root / ".checkpoints" / rel))
             runs.append(RunSpec(from_dict(values), root / rel.with_suffix(".json"), hp, method))
     return runs
-
-
-def _subsample(n: int, k: int, seed: int) -> np.ndarray:
-    return np.sort(np.random.default_rng(seed).permutation(n)[: min(n, k)])
 
 
 def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[str, float], dict[str, float], dict[str, np.ndarray]]:
@@ -280,7 +297,7 @@ def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[s
     if len(targets) > 1:
         selection["target_oracle_accuracy"] = float(np.mean(t_test_acc))
     analysis = {"proxy_a_distance": proxy_a_distance(s_test["features"], t_test["features"], seed=config.seed)}
-    i_s, i_t = _subsample(len(s_test["label"]), FEATURES_PER_DOMAIN, 0), _subsample(len(t_test["label"]), FEATURES_PER_DOMAIN, 1)
+    i_s, i_t = (np.sort(np.random.default_rng(k).permutation(n)[:FEATURES_PER_DOMAIN]) for k, n in enumerate((len(s_test["label"]), len(t_test["label"]))))
     features = {
         "source_features": s_test["features"][i_s].astype(np.float32), "source_label": s_test["label"][i_s],
         "target_features": t_test["features"][i_t].astype(np.float32), "target_label": t_test["label"][i_t],
@@ -377,10 +394,10 @@ def run_seed_group(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
 
 
 def seed_groups(runs: Sequence[RunSpec]) -> list[list[RunSpec]]:
-    """Runs grouped by everything but the seed (same pair, method and grid point), in order."""
-    groups: dict[Path, list[RunSpec]] = {}
+    """Runs grouped by everything but the seed (same pair, method, grid point and sampled values), in order."""
+    groups: dict[tuple[Path, str], list[RunSpec]] = {}
     for r in runs:
-        groups.setdefault(r.path.parent, []).append(r)
+        groups.setdefault((r.path.parent, repr(sorted(r.hparams.items()))), []).append(r)
     return list(groups.values())
 
 

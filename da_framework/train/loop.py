@@ -191,7 +191,8 @@ def evaluate_state(exp: Experiment, state: TrainState, predict: Callable[..., An
     """Evaluate: target test and source validation accuracies of ``state``'s model.
 
     With several targets each is reported as ``target_test_accuracy/<name>`` and the headline
-    ``target_test_accuracy`` is their unweighted mean; likewise ``source_val_accuracy``.
+    ``target_test_accuracy`` is their unweighted mean; likewise ``source_val_accuracy``, and
+    ``target_val_accuracy`` (the targets' val splits) when ``config.eval_target_val``.
     """
     config, x_key = exp.config, exp.input_key
     predict = predict or make_predict_fn(exp.model)
@@ -209,6 +210,13 @@ def evaluate_state(exp: Experiment, state: TrainState, predict: Callable[..., An
     if len(exp.targets) == 1:
         out["target_test_per_class_accuracy"] = tgt[0]["per_class_accuracy"]
     out["target_test_mean_class_accuracy"] = float(np.mean([t["mean_class_accuracy"] for t in tgt]))
+    if config.eval_target_val:
+        tval = [evaluate(predict, variables, t.split("val"), t.num_classes, config.eval_batch_size, x_key, *reading)
+                for t in exp.targets]
+        if len(exp.targets) > 1:
+            for name, t in zip(config.target_names, tval):
+                out[f"target_val_accuracy/{name}"] = t["accuracy"]
+        out["target_val_accuracy"] = float(np.mean([t["accuracy"] for t in tval]))
     if len(exp.sources) > 1:
         for name, v in zip(config.source_names, src):
             out[f"source_val_accuracy/{name}"] = v["accuracy"]
