@@ -41,20 +41,43 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
+SETTING_KEYS = ("learning_rate", "momentum", "lr_schedule", "weight_decay", "bottleneck_norm", "bottleneck_dim", "batch_size", "steps")
+
+
+def settings(config: dict) -> str:
+    """The config values of a record that differ from its experiment file's (``--set`` overrides), as ``k=v, ...``."""
+    from da_framework.experiment_files import load_experiment
+
+    base = load_experiment(config["name"])
+    return ", ".join(f"{k}={config[k]}" for k in SETTING_KEYS if k in config and config[k] != getattr(base, k))
+
+
+def anchor_method(method: str) -> str | None:
+    """The tllib row a method spec is compared with: a preset name itself, else its last adaptation term in :data:`TLLIB`."""
+    from da_framework.train.method import parse_method
+
+    if method in TLLIB:
+        return method
+    losses = [t.loss for t in parse_method(method).terms if t.loss != "entropy"]
+    named = [name for name in losses if name in TLLIB]
+    return named[-1] if named else "source_only" if losses == ["cross_entropy"] else None
+
+
 def table(results_dir: Path) -> str:
-    """The markdown table of every record under ``results_dir``."""
-    groups: dict[tuple[str, str, str], list[tuple[float, float, float]]] = defaultdict(list)
+    """The markdown table of every record under ``results_dir``: one row per (pair, method, settings)."""
+    groups: dict[tuple[str, str, str, str], list[tuple[float, float, float]]] = defaultdict(list)
     for path in sorted(results_dir.rglob("seed*.json")):
         record = json.loads(path.read_text())
         c = record["config"]
-        groups[(c["source"], c["target"], c["method"])].append(picks(record))
-    rows = ["| pair | method | seeds | last | best source-val | oracle (target test) | tllib (oracle) |",
-            "|---|---|---|---|---|---|---|"]
-    for (src, tgt, method), values in sorted(groups.items()):
+        groups[(c["source"], c["target"], c["method"], settings(c))].append(picks(record))
+    rows = ["| pair | method | settings | seeds | last | best source-val | oracle (target test) | tllib (oracle) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for (src, tgt, method, extra), values in sorted(groups.items()):
         cols = list(zip(*values))
-        anchor = TLLIB.get(method, (None, None))[PAIR_COLUMN.get(src, 0)]
-        rows.append(f"| {src} -> {tgt} | {method} | {len(values)} | " + " | ".join(_cell(list(v)) for v in cols)
-                    + f" | {anchor if anchor is not None else '-'} |")
+        name = anchor_method(method)
+        anchor = TLLIB[name][PAIR_COLUMN.get(src, 0)] if name else None
+        rows.append(f"| {src} -> {tgt} | {method} | {extra or '-'} | {len(values)} | " + " | ".join(_cell(list(v)) for v in cols)
+                    + f" | {f'{anchor} ({name})' if anchor is not None else '-'} |")
     return "\n".join(rows)
 
 
