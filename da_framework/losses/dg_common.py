@@ -13,9 +13,10 @@ IB).  A stateless term sees only ``progress`` p = step / steps of the run, so
 with ``steps_of`` = 5001, DomainBed's ``N_STEPS`` for every dataset: in a 5001-step run
 ``t`` is the step count exactly; in a run of S steps the switch comes at the same fraction
 ``anneal_iters / 5001`` of training (step ``anneal_iters * S / 5001``), unless the method
-sets ``steps_of=S`` to switch at step ``anneal_iters``.  Not reproduced: DomainBed
-re-creates its Adam optimiser at the switch step (a fresh moment estimate), which a loss
-term cannot do.
+sets ``steps_of=S`` to switch at step ``anneal_iters``.  DomainBed also re-creates its Adam
+optimiser at the switch step; the terms ask the standard step for that by registering
+``optimizer_reset=<anneal hyper-parameter>`` (:func:`da_framework.train.step.reset_fires`
+counts steps the same way).
 """
 
 from __future__ import annotations

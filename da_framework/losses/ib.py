@@ -32,6 +32,7 @@ def feature_variance(features: jax.Array) -> jax.Array:
     "ib",
     description="information bottleneck: within-environment feature variance (DomainBed's IB_ERM / IB_IRM)",
     reference="Ahuja et al., 'Invariance Principle Meets Information Bottleneck for OOD Generalization', NeurIPS 2021",
+    optimizer_reset="ib_penalty_anneal_iters",  # DomainBed re-creates its Adam at that step
 )
 def ib_term(
     inputs: LossInputs,

@@ -54,6 +54,7 @@ def irm_penalty(logits: jax.Array, labels: jax.Array) -> jax.Array:
     "irm",
     description="IRMv1 penalty over the source environments, DomainBed's two-halves estimate and anneal",
     reference="Arjovsky et al., 'Invariant Risk Minimization', arXiv:1907.02893 (2019); DomainBed's IRM",
+    optimizer_reset="irm_penalty_anneal_iters",  # DomainBed re-creates its Adam at that step
 )
 def irm_term(
     inputs: LossInputs,

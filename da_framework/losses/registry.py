@@ -199,6 +199,10 @@ class LossSpec:
       stateful: True when ``fn`` is a :class:`StatefulTerm` factory.
       trainer: the trainer (:mod:`da_framework.train.trainers`) this term needs, or None
         for any.
+      optimizer_reset: the hyper-parameter naming the step (counted in the term's
+        ``steps_of``, as :func:`~da_framework.losses.dg_common.anneal_weight` counts) at which
+        the standard step re-initialises the optimiser state, as DomainBed re-creates its Adam
+        when a penalty's weight jumps; None for no reset.
     """
 
     name: str
@@ -208,6 +212,7 @@ class LossSpec:
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     stateful: bool = False
     trainer: str | None = None
+    optimizer_reset: str | None = None
 
     def term(self, **hparams: Any) -> StatefulTerm:
         """The :class:`StatefulTerm` of a stateful loss with ``hparams`` over its defaults."""
@@ -224,7 +229,8 @@ _LOSSES: dict[str, LossSpec] = {}
 
 
 def _register(
-    name: str, description: str, reference: str, trainer: str | None, overwrite: bool, stateful: bool
+    name: str, description: str, reference: str, trainer: str | None, overwrite: bool, stateful: bool,
+    optimizer_reset: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if not name.isidentifier():
         raise LossError(f"loss name {name!r} must be an identifier (letters, digits, '_')")
@@ -237,7 +243,9 @@ def _register(
         if stateful and missing:
             raise LossError(f"stateful loss {name!r}: every factory argument needs a default, not {missing}")
         hparams = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-        _LOSSES[name] = LossSpec(name, fn, description, reference, hparams, stateful, trainer)
+        if optimizer_reset is not None and optimizer_reset not in hparams:
+            raise LossError(f"loss {name!r}: optimizer_reset names {optimizer_reset!r}, which is not one of its hyper-parameters")
+        _LOSSES[name] = LossSpec(name, fn, description, reference, hparams, stateful, trainer, optimizer_reset)
         return fn
 
     return decorator
@@ -250,6 +258,7 @@ def register_loss(
     reference: str,
     trainer: str | None = None,
     overwrite: bool = False,
+    optimizer_reset: str | None = None,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator registering ``fn(inputs: LossInputs, **hparams) -> scalar`` as ``name``.
 
@@ -259,11 +268,13 @@ def register_loss(
       reference: the paper the loss comes from.
       trainer: the trainer the term needs (e.g. ``"mcd"``), or None for any.
       overwrite: allow replacing an existing registration (e.g. when re-running a notebook).
+      optimizer_reset: the hyper-parameter whose step re-initialises the optimiser state
+        (:attr:`LossSpec.optimizer_reset`), or None.
 
     Returns:
       the decorator, which returns ``fn`` unchanged.
     """
-    return _register(name, description, reference, trainer, overwrite, stateful=False)
+    return _register(name, description, reference, trainer, overwrite, stateful=False, optimizer_reset=optimizer_reset)
 
 
 def register_stateful_loss(

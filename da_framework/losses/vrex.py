@@ -31,6 +31,7 @@ def risk_variance(risks: jax.Array) -> jax.Array:
     "vrex",
     description="V-REx: variance of the source environments' risks, DomainBed's anneal",
     reference="Krueger et al., 'Out-of-Distribution Generalization via Risk Extrapolation', ICML 2021; DomainBed's VREx",
+    optimizer_reset="vrex_penalty_anneal_iters",  # DomainBed re-creates its Adam at that step
 )
 def vrex_term(
     inputs: LossInputs,

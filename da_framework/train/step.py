@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.registry import DomainView, LossInputs
+from da_framework.losses.registry import DomainView, LossInputs, get_loss
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
 from da_framework.train.precision import cast_floating, cast_like, get_compute_dtype
@@ -96,6 +96,28 @@ def domain_views(
     return tuple(views)
 
 
+def optimizer_resets(method: Method) -> list[tuple[float, float]]:
+    """``(step, steps_of)`` of every term registered with an ``optimizer_reset`` hyper-parameter."""
+    out = []
+    for term in method.terms:
+        spec = get_loss(term.loss)
+        if spec.optimizer_reset:
+            hp = {**spec.hparams, **dict(term.hparams)}
+            out.append((float(hp[spec.optimizer_reset]), float(hp.get("steps_of", 0.0))))
+    return out
+
+
+def reset_fires(step: jax.Array, total_steps: int, at: float, steps_of: float) -> jax.Array:
+    """True at the first step whose count ``round(min(step / total_steps, 1) * steps_of)`` (the
+    count :func:`~da_framework.losses.dg_common.anneal_weight` switches on) reaches ``at``; never
+    at step 0, whose optimiser state is fresh already.  ``steps_of`` 0 counts plain steps."""
+    def count(s: jax.Array) -> jax.Array:
+        p = jnp.minimum(s.astype(jnp.float32) / total_steps, 1.0)
+        return jnp.round(p * steps_of) if steps_of else s.astype(jnp.float32)
+
+    return (step > 0) & (count(step) >= at) & (count(step - 1) < at)
+
+
 def make_train_step(
     model: Classifier,
     method: Method,
@@ -129,6 +151,7 @@ def make_train_step(
 
     dtype = get_compute_dtype(compute_dtype)
     low = dtype != jnp.float32
+    resets = optimizer_resets(method)
 
     def lower(tree):  # model params and inputs in the compute dtype (ints untouched)
         return cast_floating(tree, dtype) if low else tree
@@ -187,7 +210,11 @@ def make_train_step(
         (total, (out, model_state, accuracy)), grads = grad_fn(
             state.params, state, source_batch, target_batch, key
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        opt_state = state.opt_state
+        if resets:  # DomainBed's fresh Adam when a penalty's weight jumps (LossSpec.optimizer_reset)
+            fire = jnp.any(jnp.stack([reset_fires(state.step, total_steps, at, of) for at, of in resets]))
+            opt_state = jax.tree.map(lambda new, old: jnp.where(fire, new, old), tx.init(state.params), opt_state)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         progress = jnp.minimum((state.step + 1).astype(jnp.float32) / total_steps, 1.0)
         new_state = state.replace(
