@@ -93,6 +93,7 @@ def test_a_tiny_dg_sweep_end_to_end_writes_the_three_tables(tmp_path):
         assert f"DomainBed selection: {rule}" in md
     headline = md.split("### Headline")[1].split("###")[0]
     assert headline.count("→") == 3  # the leave-one-out runs feed only the DG tables
+    assert md.count("10 runs (4 leave-one-out runs, read only by the DomainBed tables)") == 1
 
 
 def test_eval_target_val_reports_each_targets_val_split_and_leaves_old_hashes_alone():

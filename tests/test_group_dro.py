@@ -83,3 +83,18 @@ def test_group_dro_trains_over_three_environments_and_keeps_its_weights_in_the_s
     assert len(logged) == 3
     np.testing.assert_allclose([logged[-1][f"loss/group_dro/q{g}"] for g in range(3)], q, rtol=1e-6)
     assert not np.allclose(q, 1 / 3)  # the weights moved away from uniform
+
+
+def test_the_initial_state_already_has_one_weight_per_environment():
+    """init sees the step's per-domain views, so q starts as (K,) ones and the state keeps one shape
+    (a checkpoint of step 0 restores into step 1's template; the step compiles once)."""
+    import jax
+
+    from da_framework.train.loop import batch_streams, build, init_state
+
+    config = ExperimentConfig(source="digits/source,digits/blur,digits/noise", target="digits/rotate",
+                              method="group_dro", steps=3, batch_size=8, model="mlp", model_kwargs={"hidden": (16,)})
+    exp = build(config)
+    src, tgt = batch_streams(exp, 0, config.batch_size)
+    state = init_state(exp, jax.random.key(0), next(iter(src)), next(iter(tgt)))
+    np.testing.assert_array_equal(np.asarray(state.term_states["group_dro"]), np.ones(3, np.float32))

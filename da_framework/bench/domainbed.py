@@ -96,6 +96,11 @@ LOSS_SPACES: dict[str, dict[str, str]] = {
     "coral_envs": {"mmd_gamma": "log10_uniform(-1, 1)"},
     "mmd_envs": {"mmd_gamma": "log10_uniform(-1, 1)"},
     "sd": {"sd_reg": "log10_uniform(-5, -1)"},
+    "dann_envs": {"dann_lambda": "log10_uniform(-2, 2)", "mlp_width": "int_pow2_uniform(6, 10)", "mlp_depth": "int_uniform(3, 5)"},
+    "cdann_envs": {"dann_lambda": "log10_uniform(-2, 2)", "mlp_width": "int_pow2_uniform(6, 10)", "mlp_depth": "int_uniform(3, 5)"},
+    "mldg": {"mldg_beta": "log10_uniform(-1, 1)"},
+    "fish": {"meta_lr": "choice([0.05, 0.1, 0.5])"},
+    "andmask": {"tau": "uniform(0.5, 1)"},
     "cad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
     "condcad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
 }
@@ -121,6 +126,8 @@ ALGORITHMS: dict[str, str] = {
     "CORAL": "cross_entropy + coral_envs", "MMD": "cross_entropy + mmd_envs", "SD": "cross_entropy + sd",
     "GroupDRO": "group_dro", "IB_ERM": "cross_entropy + ib", "IB_IRM": "cross_entropy + irm + ib",
     "CAD": "cross_entropy + cad", "CondCAD": "cross_entropy + condcad",
+    "DANN": "cross_entropy + dann_envs", "CDANN": "cross_entropy + cdann_envs",
+    "MLDG": "mldg", "Fish": "fish", "ANDMask": "andmask",
 }
 
 

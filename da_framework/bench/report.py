@@ -375,7 +375,7 @@ def write_report(
                 if not str(r["format"]).startswith("da_framework.run") and r["format"] != DIVERGED_FORMAT]
     records = load_records(results_dir, found)
     check_metric(records, metric)
-    tables = []
+    tables, n_runs = [], len(records)
     if any(r["config"].get("eval_target_val") for r in records):  # a DG sweep: DomainBed's three rules first
         from da_framework.bench.dg_selection import dg_tables
 
@@ -389,7 +389,8 @@ def write_report(
     if any("proxy_a_distance" in r.get("analysis", {}) for r in records):
         tables.append(pad_table(records))
     plots = write_plots(records, results_dir / "plots", embedding)
-    md = [f"# Results: {results_dir.name}", "", f"{len(records)} runs. Headline model selection: `{select}`.", ""]
+    md = [f"# Results: {results_dir.name}", "", f"{n_runs} runs" + (f" ({n_runs - len(records)} leave-one-out runs, read only by the DomainBed tables)"
+                                              if n_runs > len(records) else "") + f". Headline model selection: `{select}`.", ""]
     if skipped:
         md += [f"**{len(skipped)} JSON file(s) under this folder are not run records and were left out:**", ""]
         md += [f"- `{line}`" for line in skipped] + [""]

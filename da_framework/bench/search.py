@@ -18,6 +18,7 @@ Distributions are small expressions, parsed with :mod:`ast` (never ``eval``):
 ``log10_uniform(a, b)``        ``10 ** U(a, b)`` (DomainBed's ``10**r.uniform(a, b)``)
 ``uniform(a, b)``              ``U(a, b)``
 ``int_log10_uniform(a, b)``    ``int(10 ** U(a, b))`` (anneal iterations)
+``int_uniform(a, b)``          ``int(U(a, b))`` (MLP depths)
 ``int_pow2_uniform(a, b)``     ``int(2 ** U(a, b))`` (batch sizes)
 ``choice([v1, v2, ...])``      one of the values, uniformly
 =============================  ======================================================
@@ -57,6 +58,10 @@ def _int_log10_uniform(r: np.random.Generator, a: float, b: float) -> int:
     return int(10 ** r.uniform(a, b))
 
 
+def _int_uniform(r: np.random.Generator, a: float, b: float) -> int:
+    return int(r.uniform(a, b))
+
+
 def _int_pow2_uniform(r: np.random.Generator, a: float, b: float) -> int:
     return int(2 ** r.uniform(a, b))
 
@@ -71,6 +76,7 @@ DISTRIBUTIONS: dict[str, Callable[..., Any]] = {
     "log10_uniform": _log10_uniform,
     "uniform": _uniform,
     "int_log10_uniform": _int_log10_uniform,
+    "int_uniform": _int_uniform,
     "int_pow2_uniform": _int_pow2_uniform,
     "choice": _choice,
 }

@@ -170,7 +170,7 @@ def init_state(
     x_key = exp.input_key
     return init_train_state(
         key, exp.model, exp.method, exp.tx, source_batch[x_key], target_batch[x_key], source_batch["label"],
-        pretrained=pretrained,
+        pretrained=pretrained, num_sources=len(exp.sources), num_targets=len(exp.targets),
     )
 
 

@@ -35,6 +35,16 @@ class TrainState:
     term_states: dict[str, Any]
 
 
+def _views(feats: jax.Array, logits: jax.Array, joint: jax.Array, labels: jax.Array, n_s: int,
+           num_sources: int, num_targets: int) -> tuple[Any, ...]:
+    """The step's per-domain views (:func:`da_framework.train.step.domain_views`), or () for one pair."""
+    if num_sources == 1 and num_targets == 1:
+        return ()
+    from da_framework.train.step import domain_views  # lazy: step imports this module
+
+    return domain_views(feats, logits, joint, labels, n_s, num_sources, num_targets)
+
+
 def init_train_state(
     key: jax.Array,
     model: Classifier,
@@ -44,6 +54,8 @@ def init_train_state(
     target_inputs: jax.Array,
     source_labels: jax.Array,
     pretrained: Any = None,
+    num_sources: int = 1,
+    num_targets: int = 1,
 ) -> TrainState:
     """Initialises model, auxiliary networks and optimiser from example batches.
 
@@ -57,6 +69,8 @@ def init_train_state(
       pretrained: ``{"params/backbone/Conv_0/kernel": array, ...}``, leaves replacing the
         initial model variables before anything reads them (so an L2-SP anchor or a mean
         teacher starts from them too); see :mod:`da_framework.transfer.pretrained`.
+      num_sources, num_targets: domains in the source / target batch, as the step sees them,
+        so that a term's ``init`` gets the same per-domain views (e.g. GroupDRO's K weights).
     """
     k_model, k_aux, k_loss = jax.random.split(key, 3)
     joint = jnp.concatenate([source_inputs, target_inputs])
@@ -86,6 +100,7 @@ def init_train_state(
         target_inputs=target_inputs,
         params=params,
         apply_model=apply_model,
+        domains=_views(feats, logits, joint, source_labels, n_s, num_sources, num_targets),
     )
     term_params, term_states = method.init(k_aux, inputs)
     all_params = {"model": params, "aux": term_params}

@@ -17,13 +17,19 @@ signature and returns ``step(state, source_batch, target_batch, key) -> (state, 
 from __future__ import annotations
 
 from da_framework.losses.registry import LossError, get_loss
+from da_framework.methods.andmask import make_andmask_step
+from da_framework.methods.fish import make_fish_step
 from da_framework.methods.mcd import make_mcd_step
+from da_framework.methods.mldg import make_mldg_step
 from da_framework.train.method import Method
 from da_framework.train.step import StepBuilder, make_train_step
 
 TRAINERS: dict[str, StepBuilder] = {
     "standard": make_train_step,
     "mcd": make_mcd_step,
+    "mldg": make_mldg_step,
+    "fish": make_fish_step,
+    "andmask": make_andmask_step,
 }
 
 

@@ -1,4 +1,4 @@
-"""ColoredMNIST as DomainBed runs it: 12 algorithms x 3 test environments (+ 3 leave-one-out
+"""ColoredMNIST as DomainBed runs it: 17 algorithms x 3 test environments (+ 3 leave-one-out
 pairs) x 20 hyper-parameter samples x 3 trials, with its three model-selection rules.
 
 Run:    DA_DATA_DIR=../shared/data da bench cmnist_domainbed --results-dir results
@@ -6,7 +6,7 @@ Plan:   da bench cmnist_domainbed --plan          (every run and its sampled val
 Report: da report results/cmnist_domainbed        (training-domain, leave-one-out and oracle tables)
 
 Protocol values: ``da_framework/bench/domainbed.py`` (Adam 1e-3, batch 64 per environment, 5001
-steps, MNIST_CNN, an evaluation every 100 steps). A GPU job (4,320 runs at the defaults); on
+steps, MNIST_CNN, an evaluation every 100 steps). A GPU job (6,120 runs at the defaults); on
 a CPU shorten with ``DA_DG_STEPS`` (e.g. 300), ``DA_DG_SAMPLES`` (e.g. 2) and ``DA_DG_ALGORITHMS``
 (comma-separated DomainBed names, e.g. ``ERM,IRM``). See docs/domain_generalisation.md.
 """

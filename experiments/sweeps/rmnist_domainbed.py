@@ -1,4 +1,4 @@
-"""RotatedMNIST as DomainBed runs it: 12 algorithms x 6 test environments (+ 15 leave-one-out
+"""RotatedMNIST as DomainBed runs it: 17 algorithms x 6 test environments (+ 15 leave-one-out
 pairs) x 20 hyper-parameter samples x 3 trials, with its three model-selection rules.
 
 Run:    DA_DATA_DIR=../shared/data da bench rmnist_domainbed --results-dir results
@@ -6,7 +6,7 @@ Plan:   da bench rmnist_domainbed --plan          (every run and its sampled val
 Report: da report results/rmnist_domainbed        (training-domain, leave-one-out and oracle tables)
 
 Protocol values: ``da_framework/bench/domainbed.py`` (Adam 1e-3, batch 64 per environment, 5001
-steps, MNIST_CNN, an evaluation every 100 steps). A GPU job (15,120 runs at the defaults); on
+steps, MNIST_CNN, an evaluation every 100 steps). A GPU job (21,420 runs at the defaults); on
 a CPU shorten with ``DA_DG_STEPS`` (e.g. 300), ``DA_DG_SAMPLES`` (e.g. 2) and ``DA_DG_ALGORITHMS``
 (comma-separated DomainBed names, e.g. ``ERM,IRM``). See docs/domain_generalisation.md.
 """

@@ -1,0 +1,118 @@
+"""The AND-mask training step: keep the gradient entries whose sign the environments agree on.
+
+Parascandolo, Neitz, Orvieto, Gresele & Schölkopf, "Learning explanations that are hard to
+vary", ICLR 2021, Sec. 3 (the AND-mask), in DomainBed's form (facebookresearch/DomainBed,
+``domainbed/algorithms.py`` at commit 22002ea, class ``ANDMask``, after the authors'
+``learning-explanations-hard-to-vary`` code).  With g_e the gradient of environment e's
+cross-entropy (its own forward pass) at the current parameters, for every parameter tensor:
+
+    m = [ |mean_e sign(g_e)| >= tau ]                    (elementwise, 0/1)
+    g = m * mean_e g_e / (1e-10 + sum(m) / size(m))
+    theta <- the run's optimiser step on g.
+
+The rescaling keeps the update's size when only a fraction of the entries survive; a tensor
+with no surviving entry gets a zero gradient.  The reported loss is the mean environment
+loss.  The update is DomainBed's; its optimiser is Adam, the run's optimiser under DomainBed's
+protocol (``optimizer=adam``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from da_framework.losses.dg_trainers import batch_accuracy, environment_batches, make_environment_loss, trainer_term
+from da_framework.losses.registry import LossError
+from da_framework.models.classifier import Classifier
+from da_framework.train.method import Method
+from da_framework.train.schedules import get_schedule
+from da_framework.train.state import TrainState
+from da_framework.train.step import Metrics, TrainStep
+
+
+def and_mask(grads: jax.Array, tau: float) -> tuple[jax.Array, jax.Array]:
+    """DomainBed's ``mask_grads`` for one parameter tensor.
+
+    Args:
+      grads: (K, ...) the K environments' gradients of one parameter tensor.
+      tau: the agreement threshold in [0, 1].
+
+    Returns:
+      ``(masked gradient, mask)``: the gradient (shape ``grads.shape[1:]``) and the 0/1 mask.
+    """
+    mask = (jnp.abs(jnp.mean(jnp.sign(grads), axis=0)) >= tau).astype(grads.dtype)
+    kept = jnp.sum(mask) / mask.size
+    return mask * jnp.mean(grads, axis=0) * (1.0 / (1e-10 + kept)), mask
+
+
+def make_andmask_step(
+    model: Classifier,
+    method: Method,
+    tx: optax.GradientTransformation,
+    total_steps: int,
+    input_key: str = "image",
+    compute_dtype: str = "float32",
+    num_sources: int = 1,
+    num_targets: int = 1,
+) -> TrainStep:
+    """Builds AND-mask's step ``(state, source_batch, target_batch, key) -> (state, metrics)``.
+
+    Same signature and contract as :func:`da_framework.train.step.make_train_step`; the
+    method is the ``andmask`` term alone (``tau`` in [0, 1]; its weight and schedule scale
+    every environment's loss), the source batch holds ``num_sources`` >= 2 environments and
+    the target batch is not read.  Metrics: ``loss`` (mean environment loss, also
+    ``loss/<key>``), ``loss/<key>/mask_fraction`` (the kept share of all gradient entries),
+    ``source_train_accuracy``, ``grad_norm`` (of the masked gradient).
+    """
+    del num_targets
+    term, hp = trainer_term(method, "andmask", num_sources, compute_dtype)
+    tau = hp["tau"]
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau <= 1:
+        raise LossError(f"andmask: tau must be a number in [0, 1], got {tau!r}")
+    tau = float(tau)
+    schedule = get_schedule(term.schedule)
+    grad_fn = jax.value_and_grad(make_environment_loss(model), has_aux=True)
+
+    def step(
+        state: TrainState,
+        source_batch: Mapping[str, jax.Array],
+        target_batch: Mapping[str, jax.Array],
+        key: jax.Array,
+    ) -> tuple[TrainState, Metrics]:
+        del target_batch
+        xs, ys = environment_batches(source_batch, input_key, num_sources)
+        progress = jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0)
+        scale = term.weight * schedule(progress)
+        params, model_state = state.params, state.model_state
+        env_grads, losses, accuracies = [], [], []
+        for e in range(num_sources):
+            (loss, (model_state, logits)), grads = grad_fn(params, model_state, xs[e], ys[e],
+                                                           jax.random.fold_in(key, e), scale)
+            env_grads.append(grads)
+            losses.append(loss)
+            accuracies.append(batch_accuracy(logits, ys[e]))
+        masked = jax.tree.map(lambda *gs: and_mask(jnp.stack(gs), tau), *env_grads)
+        grads = jax.tree.map(lambda _, pair: pair[0], params, masked)
+        masks = jax.tree.leaves(jax.tree.map(lambda _, pair: pair[1], params, masked))
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(params, updates),
+            model_state=model_state,
+            opt_state=opt_state,
+        )
+        size = sum(m.size for m in masks)
+        mean_loss = jnp.mean(jnp.stack(losses))
+        metrics = {
+            "loss": mean_loss,
+            "source_train_accuracy": jnp.mean(jnp.stack(accuracies)),
+            "grad_norm": optax.global_norm(grads),
+            f"loss/{term.key}": mean_loss,
+            f"loss/{term.key}/mask_fraction": sum(jnp.sum(m) for m in masks) / max(size, 1),
+        }
+        return new_state, metrics
+
+    return step
