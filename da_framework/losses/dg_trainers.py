@@ -141,3 +141,15 @@ def make_environment_loss(model: Any) -> EnvLoss:
 def batch_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """The fraction of ``labels`` that ``argmax(logits)`` gets right."""
     return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def step_scale(step: jax.Array, total_steps: int, term: Any, schedule: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """The trainer term's weight times its schedule at the step's progress ``min(step / total_steps, 1)``."""
+    return term.weight * schedule(jnp.minimum(step.astype(jnp.float32) / total_steps, 1.0))
+
+
+def checked_number(value: Any, loss: str, name: str, ok: Callable[[float], bool], valid: str) -> float:
+    """``value`` as a float if it is a number (not a bool) with ``ok(value)``, else a one-line LossError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise LossError(f"{loss}: {name} must be {valid}, got {value!r}")
+    return float(value)

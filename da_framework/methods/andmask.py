@@ -24,8 +24,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.dg_trainers import batch_accuracy, environment_batches, make_environment_loss, trainer_term
-from da_framework.losses.registry import LossError
+from da_framework.losses.dg_trainers import (
+    batch_accuracy,
+    checked_number,
+    environment_batches,
+    make_environment_loss,
+    step_scale,
+    trainer_term,
+)
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
 from da_framework.train.schedules import get_schedule
@@ -69,10 +75,7 @@ def make_andmask_step(
     """
     del num_targets
     term, hp = trainer_term(method, "andmask", num_sources, compute_dtype)
-    tau = hp["tau"]
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau <= 1:
-        raise LossError(f"andmask: tau must be a number in [0, 1], got {tau!r}")
-    tau = float(tau)
+    tau = checked_number(hp["tau"], "andmask", "tau", lambda v: 0 <= v <= 1, "a number in [0, 1]")
     schedule = get_schedule(term.schedule)
     grad_fn = jax.value_and_grad(make_environment_loss(model), has_aux=True)
 
@@ -84,8 +87,7 @@ def make_andmask_step(
     ) -> tuple[TrainState, Metrics]:
         del target_batch
         xs, ys = environment_batches(source_batch, input_key, num_sources)
-        progress = jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0)
-        scale = term.weight * schedule(progress)
+        scale = step_scale(state.step, total_steps, term, schedule)
         params, model_state = state.params, state.model_state
         env_grads, losses, accuracies = [], [], []
         for e in range(num_sources):

@@ -33,8 +33,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.dg_trainers import batch_accuracy, environment_batches, make_environment_loss, trainer_term
-from da_framework.losses.registry import LossError
+from da_framework.losses.dg_trainers import (
+    batch_accuracy,
+    checked_number,
+    environment_batches,
+    make_environment_loss,
+    step_scale,
+    trainer_term,
+)
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
 from da_framework.train.schedules import get_schedule
@@ -74,10 +80,7 @@ def make_fish_step(
     """
     del num_targets
     term, hp = trainer_term(method, "fish", num_sources, compute_dtype)
-    meta_lr = hp["meta_lr"]
-    if isinstance(meta_lr, bool) or not isinstance(meta_lr, (int, float)) or not 0 < meta_lr <= 1:
-        raise LossError(f"fish: meta_lr must be a number in (0, 1], got {meta_lr!r}")
-    meta_lr = float(meta_lr)
+    meta_lr = checked_number(hp["meta_lr"], "fish", "meta_lr", lambda v: 0 < v <= 1, "a number in (0, 1]")
     schedule = get_schedule(term.schedule)
     grad_fn = jax.value_and_grad(make_environment_loss(model), has_aux=True)
 
@@ -89,8 +92,7 @@ def make_fish_step(
     ) -> tuple[TrainState, Metrics]:
         del target_batch
         xs, ys = environment_batches(source_batch, input_key, num_sources)
-        progress = jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0)
-        scale = term.weight * schedule(progress)
+        scale = step_scale(state.step, total_steps, term, schedule)
         inner, model_state, opt_state = state.params, state.model_state, state.opt_state
         losses, norms, accuracies = [], [], []
         for e in range(num_sources):

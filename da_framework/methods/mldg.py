@@ -35,7 +35,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.dg_trainers import batch_accuracy, environment_batches, make_environment_loss, trainer_term
+from da_framework.losses.dg_trainers import (
+    batch_accuracy,
+    checked_number,
+    environment_batches,
+    make_environment_loss,
+    step_scale,
+    trainer_term,
+)
 from da_framework.losses.registry import LossError
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
@@ -91,10 +98,8 @@ def make_mldg_step(
     """
     del num_targets
     term, hp = trainer_term(method, "mldg", num_sources, compute_dtype)
-    beta, n_meta_test, k = hp["mldg_beta"], hp["n_meta_test"], num_sources
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
-        raise LossError(f"mldg: mldg_beta must be a finite number >= 0, got {beta!r}")
-    beta = float(beta)
+    n_meta_test, k = hp["n_meta_test"], num_sources
+    beta = checked_number(hp["mldg_beta"], "mldg", "mldg_beta", lambda v: 0 <= v < float("inf"), "a finite number >= 0")
     _check_n_meta_test(n_meta_test, k)
     schedule = get_schedule(term.schedule)
     grad_fn = jax.value_and_grad(make_environment_loss(model), has_aux=True)
@@ -107,8 +112,7 @@ def make_mldg_step(
     ) -> tuple[TrainState, Metrics]:
         del target_batch
         xs, ys = environment_batches(source_batch, input_key, k)
-        progress = jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0)
-        scale = term.weight * schedule(progress)
+        scale = step_scale(state.step, total_steps, term, schedule)
         k_pairs, k_model = jax.random.split(key)
         params, model_state = state.params, state.model_state
         grads = jax.tree.map(jnp.zeros_like, params)
