@@ -100,3 +100,17 @@ def test_vmap_seed_groups_split_seeds_whose_samples_differ(tmp_path):
     assert sorted(len(g) for g in groups) == [1, 1, 2]  # sample 0 (the defaults) shares one program; sample 1 differs per trial
     for g in groups:
         assert len({(r.config.learning_rate, r.config.method) for r in g}) == 1
+
+
+def test_per_trial_false_shares_a_samples_values_across_trials_so_seeds_vmap_together(tmp_path):
+    from da_framework.bench.sweep import seed_groups
+
+    space = {"learning_rate": "uniform(0.001, 0.01)"}
+    sweep = {"name": "s", "base": {"steps": 3}, "methods": ["cross_entropy + irm"], "pairs": [("digits/source", "digits/rotate")],
+             "seeds": [0, 1, 2], "search": {"samples": 3, "per_trial": False, "spaces": {"cross_entropy + irm": space}}}
+    runs = expand_sweep(sweep, tmp_path)
+    assert sorted(len(g) for g in seed_groups(runs)) == [3, 3, 3]
+    r = np.random.default_rng([0, 2, zlib.crc32(b"cross_entropy + irm")])
+    assert {x.config.learning_rate for x in runs if x.path.parent.name == "sample2"} == {r.uniform(0.001, 0.01)}
+    with pytest.raises(ConfigError, match="per_trial' must be True or False"):
+        validate_search({"samples": 2, "per_trial": "no"}, [])

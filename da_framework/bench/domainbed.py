@@ -132,13 +132,16 @@ ALGORITHMS: dict[str, str] = {
 
 
 def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int = 5001, samples: int = 20,
-                    seeds: tuple[int, ...] = (0, 1, 2), leave_one_out: bool = True, search_seed: int = 0) -> dict[str, Any]:
+                    seeds: tuple[int, ...] = (0, 1, 2), leave_one_out: bool = True, search_seed: int = 0,
+                    per_trial: bool = True) -> dict[str, Any]:
     """A ``da bench`` sweep dict of DomainBed's protocol on ``family``: algorithms (DomainBed
     names, default all of :data:`ALGORITHMS`) x held-out environments (and leave-one-out pairs)
     x ``samples`` random hyper-parameter points (sample 0: the defaults) x trial ``seeds``.
 
-    DomainBed's published sweep is ``samples=20``, three trials, 5001 steps; ``da bench SWEEP
-    --plan`` prints every run and its sampled values before anything trains.
+    DomainBed's published sweep is ``samples=20``, three trials, 5001 steps, a new draw per trial
+    (``per_trial``; False shares a sample's values across its trials, so ``da bench
+    --vmap-seeds`` trains them as one program); ``da bench SWEEP --plan`` prints every run and
+    its sampled values before anything trains.
     """
     names = algorithms if algorithms is not None else list(ALGORITHMS)
     unknown = [a for a in names if a not in ALGORITHMS]
@@ -153,5 +156,6 @@ def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int
         "methods": methods,
         "pairs": domainbed_pairs(family, leave_one_out),
         "seeds": list(seeds),
-        "search": {"samples": samples, "seed": search_seed, "spaces": {m: domainbed_space(m) for m in methods}},
+        "search": {"samples": samples, "seed": search_seed, "per_trial": per_trial,
+                   "spaces": {m: domainbed_space(m) for m in methods}},
     }

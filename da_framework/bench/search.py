@@ -5,6 +5,7 @@ A sweep's ``"search"`` key replaces (or extends) the grid with random samples::
     "search": {
         "samples": 20,            # per method and trial seed; sample 0 is the defaults
         "seed": 0,                # the sweep's search seed
+        "per_trial": True,        # a new draw per trial seed (DomainBed); False: one per sample
         "spaces": {               # method (as in "methods") -> grid key -> distribution
             "cross_entropy + irm": {"learning_rate": "log10_uniform(-4.5, -2.5)",
                                     "irm.irm_lambda": "log10_uniform(-1, 5)"},
@@ -27,7 +28,9 @@ As in DomainBed (``hparams_registry.random_hparams`` with ``seed_hash(hparams_se
 trial_seed)``), sample ``i`` of trial seed ``s`` draws from its own generator,
 ``numpy.random.default_rng([search seed, i, s, crc32(method)])``, keys in sorted order, so a
 sample never depends on which other samples or methods the sweep has, and sample 0 is the
-method's defaults (no overrides), as DomainBed's ``hparams_seed=0``.  ``da bench SWEEP --plan``
+method's defaults (no overrides), as DomainBed's ``hparams_seed=0``.  With ``"per_trial": False``
+the trials of a sample share its values (the trial seed is left out of the generator), so they
+differ only in seed and ``da bench --vmap-seeds`` trains them as one program.  ``da bench SWEEP --plan``
 prints every run's values before anything trains (DomainBed's sampling is opaque to its
 users: facebookresearch/DomainBed issue #103).
 """
@@ -43,7 +46,7 @@ import numpy as np
 
 from da_framework.config import ConfigError
 
-SEARCH_KEYS = ("samples", "seed", "spaces")
+SEARCH_KEYS = ("samples", "seed", "spaces", "per_trial")
 
 
 def _log10_uniform(r: np.random.Generator, a: float, b: float) -> float:
@@ -114,7 +117,9 @@ def validate_search(search: Mapping[str, Any], methods: list[str]) -> dict[str, 
     unknown = sorted(set(search) - set(SEARCH_KEYS))
     if unknown:
         raise ConfigError(f"unknown search key(s) {', '.join(unknown)}; valid: {', '.join(SEARCH_KEYS)}")
-    out = {"seed": 0, "spaces": {}, **search}
+    out = {"seed": 0, "spaces": {}, "per_trial": True, **search}
+    if not isinstance(out["per_trial"], bool):
+        raise ConfigError(f"search 'per_trial' must be True or False, got {out['per_trial']!r}")
     n = out.get("samples")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"search 'samples' must be an integer >= 1 (sample 0 is the defaults), got {n!r}")
@@ -132,11 +137,13 @@ def validate_search(search: Mapping[str, Any], methods: list[str]) -> dict[str, 
     return out
 
 
-def sample_point(space: Mapping[str, str], search_seed: int, sample: int, trial_seed: int, method: str) -> dict[str, Any]:
-    """Sample ``sample`` of ``space`` for ``method`` at ``trial_seed`` (``{}`` for sample 0: the defaults)."""
+def sample_point(space: Mapping[str, str], search_seed: int, sample: int, trial_seed: int | None, method: str) -> dict[str, Any]:
+    """Sample ``sample`` of ``space`` for ``method`` at ``trial_seed`` (``{}`` for sample 0: the defaults;
+    ``trial_seed`` None: the draw every trial of the sample shares, ``"per_trial": False``)."""
     if sample == 0 or not space:
         return {}
-    rng = np.random.default_rng([search_seed, sample, trial_seed, zlib.crc32(method.encode())])
+    trial = [] if trial_seed is None else [trial_seed]
+    rng = np.random.default_rng([search_seed, sample, *trial, zlib.crc32(method.encode())])
     out = {}
     for key in sorted(space):
         name, args = parse_distribution(space[key])
@@ -148,4 +155,5 @@ def search_points(search: Mapping[str, Any], method: str, trial_seed: int) -> li
     """``[(sample index, values), ...]`` of one method and trial seed (a method without a space: sample 0 only)."""
     space = search["spaces"].get(method, {})
     n = search["samples"] if space else 1
-    return [(i, sample_point(space, search["seed"], i, trial_seed, method)) for i in range(n)]
+    trial = trial_seed if search.get("per_trial", True) else None
+    return [(i, sample_point(space, search["seed"], i, trial, method)) for i in range(n)]

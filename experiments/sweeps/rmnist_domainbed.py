@@ -8,7 +8,9 @@ Report: da report results/rmnist_domainbed        (training-domain, leave-one-ou
 Protocol values: ``da_framework/bench/domainbed.py`` (Adam 1e-3, batch 64 per environment, 5001
 steps, MNIST_CNN, an evaluation every 100 steps). A GPU job (21,420 runs at the defaults); on
 a CPU shorten with ``DA_DG_STEPS`` (e.g. 300), ``DA_DG_SAMPLES`` (e.g. 2) and ``DA_DG_ALGORITHMS``
-(comma-separated DomainBed names, e.g. ``ERM,IRM``). See docs/domain_generalisation.md.
+(comma-separated DomainBed names, e.g. ``ERM,IRM``); ``DA_DG_PER_TRIAL=0`` draws one value set
+per sample for all trials (then ``--vmap-seeds`` trains a sample's trials as one program).
+See docs/domain_generalisation.md.
 """
 
 import os
@@ -20,4 +22,5 @@ def get_sweep() -> dict:
     """DomainBed's RotatedMNIST sweep (sizes from $DA_DG_STEPS, $DA_DG_SAMPLES, $DA_DG_ALGORITHMS)."""
     algorithms = os.environ.get("DA_DG_ALGORITHMS")
     return domainbed_sweep("rmnist", algorithms.split(",") if algorithms else None,
-                           steps=int(os.environ.get("DA_DG_STEPS", "5001")), samples=int(os.environ.get("DA_DG_SAMPLES", "20")))
+                           steps=int(os.environ.get("DA_DG_STEPS", "5001")), samples=int(os.environ.get("DA_DG_SAMPLES", "20")),
+                           per_trial=os.environ.get("DA_DG_PER_TRIAL", "1") != "0")
