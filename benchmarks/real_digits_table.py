@@ -66,9 +66,14 @@ def anchor_method(method: str) -> str | None:
 def table(results_dir: Path) -> str:
     """The markdown table of every record under ``results_dir``: one row per (pair, method, settings)."""
     groups: dict[tuple[str, str, str, str], list[tuple[float, float, float]]] = defaultdict(list)
+    diverged: list[str] = []
     for path in sorted(results_dir.rglob("seed*.json")):
         record = json.loads(path.read_text())
         c = record["config"]
+        if record["format"].startswith("da_framework.diverged"):  # no metrics: listed under the table
+            diverged.append(f"{c['source']} -> {c['target']} {c['method']} ({settings(c) or 'protocol settings'}, "
+                            f"lr {c['learning_rate']}): {record.get('error', 'no metrics')}")
+            continue
         groups[(c["source"], c["target"], c["method"], settings(c))].append(picks(record))
     rows = ["| pair | method | settings | seeds | last | best source-val | oracle (target test) | tllib (oracle) |",
             "|---|---|---|---|---|---|---|---|"]
@@ -78,6 +83,7 @@ def table(results_dir: Path) -> str:
         anchor = TLLIB[name][PAIR_COLUMN.get(src, 0)] if name else None
         rows.append(f"| {src} -> {tgt} | {method} | {extra or '-'} | {len(values)} | " + " | ".join(_cell(list(v)) for v in cols)
                     + f" | {f'{anchor} ({name})' if anchor is not None else '-'} |")
+    rows += [f"\nDiverged (no metrics): {d}" for d in diverged]
     return "\n".join(rows)
 
 
