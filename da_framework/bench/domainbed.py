@@ -159,3 +159,16 @@ def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int
         "search": {"samples": samples, "seed": search_seed, "per_trial": per_trial,
                    "spaces": {m: domainbed_space(m) for m in methods}},
     }
+
+
+def domainbed_sweep_from_env(family: str, algorithms: str | None = None, steps: int = 5001, samples: int = 20,
+                             seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+    """:func:`domainbed_sweep` sized by the environment, for sweep files: ``$DA_DG_ALGORITHMS``
+    (comma-separated DomainBed names, default ``algorithms`` or all), ``$DA_DG_STEPS``,
+    ``$DA_DG_SAMPLES`` and ``$DA_DG_PER_TRIAL`` (``0``: one draw per sample for all trials)."""
+    import os
+
+    names = os.environ.get("DA_DG_ALGORITHMS", algorithms or "")
+    return domainbed_sweep(family, names.split(",") if names else None, steps=int(os.environ.get("DA_DG_STEPS", str(steps))),
+                           samples=int(os.environ.get("DA_DG_SAMPLES", str(samples))), seeds=seeds,
+                           per_trial=os.environ.get("DA_DG_PER_TRIAL", "1") != "0")

@@ -13,14 +13,9 @@ per sample for all trials (then ``--vmap-seeds`` trains a sample's trials as one
 See docs/domain_generalisation.md.
 """
 
-import os
-
-from da_framework.bench.domainbed import domainbed_sweep
+from da_framework.bench.domainbed import domainbed_sweep_from_env
 
 
 def get_sweep() -> dict:
-    """DomainBed's ColoredMNIST sweep (sizes from $DA_DG_STEPS, $DA_DG_SAMPLES, $DA_DG_ALGORITHMS)."""
-    algorithms = os.environ.get("DA_DG_ALGORITHMS")
-    return domainbed_sweep("cmnist", algorithms.split(",") if algorithms else None,
-                           steps=int(os.environ.get("DA_DG_STEPS", "5001")), samples=int(os.environ.get("DA_DG_SAMPLES", "20")),
-                           per_trial=os.environ.get("DA_DG_PER_TRIAL", "1") != "0")
+    """DomainBed's sweep on cmnist (sizes from $DA_DG_STEPS, $DA_DG_SAMPLES, $DA_DG_ALGORITHMS, $DA_DG_PER_TRIAL)."""
+    return domainbed_sweep_from_env("cmnist")

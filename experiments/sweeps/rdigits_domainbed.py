@@ -11,13 +11,9 @@ Plan:   da bench rdigits_domainbed --plan
 Report: da report results/rdigits_domainbed_steps300_samples2
 """
 
-import os
-
-from da_framework.bench.domainbed import domainbed_sweep
+from da_framework.bench.domainbed import domainbed_sweep_from_env
 
 
 def get_sweep() -> dict:
     """A small DomainBed-style sweep over the rdigits environments (sizes from the environment)."""
-    algorithms = os.environ.get("DA_DG_ALGORITHMS", "ERM,IRM").split(",")
-    return domainbed_sweep("rdigits", algorithms, steps=int(os.environ.get("DA_DG_STEPS", "300")),
-                           samples=int(os.environ.get("DA_DG_SAMPLES", "2")), seeds=(0, 1))
+    return domainbed_sweep_from_env("rdigits", "ERM,IRM", steps=300, samples=2, seeds=(0, 1))
