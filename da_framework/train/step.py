@@ -213,7 +213,7 @@ def make_train_step(
         opt_state = state.opt_state
         if resets:  # DomainBed's fresh Adam when a penalty's weight jumps (LossSpec.optimizer_reset)
             fire = jnp.any(jnp.stack([reset_fires(state.step, total_steps, at, of) for at, of in resets]))
-            opt_state = jax.tree.map(lambda new, old: jnp.where(fire, new, old), tx.init(state.params), opt_state)
+            opt_state = jax.lax.cond(fire, lambda: tx.init(state.params), lambda: opt_state)  # no per-step tree select
         updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         progress = jnp.minimum((state.step + 1).astype(jnp.float32) / total_steps, 1.0)
