@@ -217,6 +217,8 @@ def run_configs(configs: list[Any], paths: list[Path], force: bool = False) -> l
                 rows.append(record)
                 progress.done(f"{escape(label)}: target acc {result.metrics['target_test_accuracy']:.3f} "
                               f"({result.wall_time_s:.1f}s) -> {escape(path)}")
+                for alarm in record.get("alarms", []):
+                    progress.print(f"[bold red]alarm:[/] {escape(label)}: {escape(alarm)}")
     return rows
 
 
@@ -246,9 +248,12 @@ def results_table(records: list[dict]) -> Table:
             groups.setdefault(key, [])
         else:
             groups.setdefault(key, []).append(r)
+    alarmed = {key: sum(1 for r in rs if r.get("alarms")) for key, rs in groups.items()}
+    columns = ("experiment", "source → target", "method", "seeds", "target test acc", "source val acc", "diverged")
+    columns += ("alarms",) if any(alarmed.values()) else ()  # runs that blew up with finite losses (train/alarms.py)
     table = Table(title="da_framework results (accuracy, mean ± std over seeds)")
-    for col in ("experiment", "source → target", "method", "seeds", "target test acc", "source val acc", "diverged"):
-        table.add_column(col, justify="right" if "acc" in col or col in ("seeds", "diverged") else "left")
+    for col in columns:
+        table.add_column(col, justify="right" if "acc" in col or col in ("seeds", "diverged", "alarms") else "left")
 
     def fmt(values: list[float]) -> str:
         if not values:
@@ -262,6 +267,7 @@ def results_table(records: list[dict]) -> Table:
             fmt([r["metrics"]["target_test_accuracy"] for r in rs]),
             fmt([r["metrics"]["source_val_accuracy"] for r in rs]),
             str(diverged.get((name, src, tgt, method), 0)),
+            *((str(alarmed[(name, src, tgt, method)]),) if "alarms" in columns else ()),
         )
     return table
 

@@ -153,8 +153,11 @@ PROCESS_GIT_COMMIT: str | None = git_commit()
 
 
 def make_record(config: ExperimentConfig, metrics: dict[str, Any], history: list[dict[str, Any]], wall_time_s: float) -> dict[str, Any]:
-    """The JSON-serialisable record of one finished run."""
-    return {
+    """The JSON-serialisable record of one finished run (with its ``alarms``, if any:
+    :func:`da_framework.train.alarms.record_alarms`)."""
+    from da_framework.train.alarms import record_alarms
+
+    record = {
         "format": RUN_FORMAT,
         "config": config.to_dict(),
         "config_hash": config_hash(config),
@@ -168,6 +171,9 @@ def make_record(config: ExperimentConfig, metrics: dict[str, Any], history: list
         "git_commit": PROCESS_GIT_COMMIT,
         **({"input_files": files} if (files := input_files(config)) else {}),
     }
+    if alarms := record_alarms(record):
+        record["alarms"] = alarms
+    return record
 
 
 @functools.lru_cache(maxsize=64)

@@ -120,6 +120,8 @@ def bench(
                         _fail(f"{label}: {e}", e)
                 accs = ", ".join(f"{r['metrics']['target_test_accuracy']:.3f}" for r in records)
                 progress.done(f"{escape(label)}: target acc {accs}", advance=len(group))
+                for alarm in (f"seed {r['seed']}: {a}" for r in records for a in r.get("alarms", [])):
+                    progress.print(f"[bold red]alarm:[/] {escape(label)}: {escape(alarm)}")
             todo = []
         for run in todo:
             c = run.config
@@ -139,6 +141,8 @@ def bench(
             else:
                 progress.done(f"{escape(label)}: target acc {record['metrics']['target_test_accuracy']:.3f} "
                               f"({record['wall_time_s']:.1f}s) -> {escape(run.path)}")
+                for alarm in record.get("alarms", []):
+                    progress.print(f"[bold red]alarm:[/] {escape(label)}: {escape(alarm)}")
     left = len(pending(runs))
     console.print(f"done: {len(runs) - left}/{len(runs)} runs finished" + (f", {left} pending" if left else "")
                   + (f" ({busy} of them running in another process)" if busy else ""))
@@ -170,6 +174,8 @@ def _launch(launcher: str, runs: list[Any], todo: list[Any], results_dir: Path, 
             counts["done"] += 1
             console.print(f"[{counts['done'] + counts['diverged']}/{len(todo)}] {name}: target acc {o.target_accuracy:.3f} "
                           f"({o.wall_time_s:.1f}s on {escape(o.worker)})")
+            for alarm in o.alarms:
+                console.print(f"[bold red]alarm:[/] {name}: {escape(alarm)}")
         elif o.status == "diverged":
             counts["diverged"] += 1
             console.print(f"[yellow]diverged:[/] {name}: {escape(o.error)}")

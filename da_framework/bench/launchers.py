@@ -74,6 +74,7 @@ class Outcome:
     wall_time_s: float | None = None
     worker: str = ""
     error: str | None = None
+    alarms: tuple[str, ...] = ()  # the record's training alarms (da_framework.train.alarms)
 
 
 def _worker_name() -> str:
@@ -108,7 +109,7 @@ def execute(run: Any, runner: Runner | None = None) -> Outcome:
         record = runner(run)
     status: Status = "diverged" if record.get("status") == "diverged" else "done"
     acc = record.get("metrics", {}).get("target_test_accuracy")
-    return Outcome(str(path), status, acc, record.get("wall_time_s"), _worker_name(), record.get("error"))
+    return Outcome(str(path), status, acc, record.get("wall_time_s"), _worker_name(), record.get("error"), tuple(record.get("alarms", ())))
 
 
 def absolute_run(run: Any) -> Any:
