@@ -3,17 +3,18 @@
 import numpy as np
 import pytest
 
-from da_framework.bench.vmap_seeds import train_seeds
+from da_framework.bench.vmap_seeds import resolve_execution, train_seeds
 from da_framework.config import ConfigError, ExperimentConfig
 from da_framework.train import train
 
 TINY = dict(model="lenet", model_kwargs={"channels": (4, 8), "dense": 32}, bottleneck_dim=16, batch_size=16, log_every=3)
 
 
-def test_vmapped_seeds_match_separate_runs():
+@pytest.mark.parametrize("execution", ["vmap", "unroll"])
+def test_vmapped_seeds_match_separate_runs(execution):
     cfg = ExperimentConfig(method="dann", steps=6, **TINY)
     seeds = [0, 3]
-    together = train_seeds(cfg, seeds)
+    together = train_seeds(cfg, seeds, execution=execution)
     assert together[0].compile_count == 1
     for s, res in zip(seeds, together):
         alone = train(cfg.replace(seed=s))
@@ -34,6 +35,13 @@ def test_vmapped_seeds_match_separate_runs():
 def test_vmapped_seeds_reject_bad_input():
     with pytest.raises(ConfigError, match="distinct"):
         train_seeds(ExperimentConfig(**TINY), [1, 1])
+    with pytest.raises(ConfigError, match="unknown seed execution 'scan'; valid: auto, vmap, unroll"):
+        train_seeds(ExperimentConfig(**TINY), [1, 2], execution="scan")
+
+
+def test_auto_execution_unrolls_on_cpu_and_vmaps_on_accelerators():
+    assert [resolve_execution("auto", b) for b in ("cpu", "gpu", "tpu")] == ["unroll", "vmap", "vmap"]
+    assert resolve_execution("vmap", "cpu") == "vmap" and resolve_execution("unroll", "gpu") == "unroll"
 
 
 def test_vmapped_seeds_take_several_sources_as_train_does():

@@ -378,7 +378,7 @@ def run_seed_group(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
     and carry ``"runner": "vmap_seeds"``; their metrics equal separate runs up to float
     reassociation, so ``da reproduce`` of them needs a tolerance.
     """
-    from da_framework.bench.vmap_seeds import train_seeds
+    from da_framework.bench.vmap_seeds import resolve_execution, train_seeds
 
     base = runs[0].config.replace(checkpoint_every=0, checkpoint_dir=None)
     for r in runs:
@@ -389,7 +389,7 @@ def run_seed_group(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
     for run, result in zip(runs, results):
         result.wall_time_s /= len(runs)
         plain = dataclasses.replace(run, config=result.config)
-        out.append(_write_run(plain, result, {"runner": f"vmap_seeds(k={len(runs)})"}))
+        out.append(_write_run(plain, result, {"runner": f"vmap_seeds(k={len(runs)}, {resolve_execution('auto')})"}))
     return out
 
 

@@ -7,7 +7,15 @@ run with that seed uses -- its initialisation key, its step keys and its data or
 source stream seeded ``2*seed``, the target stream ``2*seed + 1``) -- so the metrics equal K
 separate runs up to floating-point reassociation in the batched kernels.
 
-Only seeds are vmapped; loss weights are static in a :class:`Method`, so K loss weights
+How the K steps run in the one program is ``execution``: ``"vmap"`` (one batched step;
+a convolution over K weight sets becomes a grouped convolution) or ``"unroll"`` (the K
+seeds' steps written out one after another in the same compiled program: each seed runs
+the ops of a separate run).  ``"auto"`` (the default) picks ``"unroll"`` on CPU, where
+XLA's grouped convolutions are slow (measured on the 2-core Intel Xeon:
+``benchmarks/dg_vmap_trials.py``: 3 vmapped MNIST_CNN IRM trials took 218.7 s against
+159.4 s as separate runs), and ``"vmap"`` on accelerators.
+
+Only seeds are batched; loss weights are static in a :class:`Method`, so K loss weights
 need K separate runs (or a sweep grid).  Multi-device meshes and checkpointing are not
 supported here (``num_devices`` must be 1, ``checkpoint_every`` 0).  Several sources and
 targets are (the streams are the loop's own).
@@ -32,8 +40,37 @@ def _stack(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, jax.Array]:
     return {k: jnp.asarray(np.stack([b[k] for b in batches])) for k in batches[0]}
 
 
-def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResult]:
-    """Trains ``config`` for each of ``seeds`` in one vmapped program.
+EXECUTIONS = ("auto", "vmap", "unroll")
+
+
+def resolve_execution(execution: str, backend: str | None = None) -> str:
+    """``"vmap"`` or ``"unroll"`` for ``execution`` on ``backend`` (default: JAX's); module doc.
+
+    Raises:
+      ConfigError: for a name not in :data:`EXECUTIONS`.
+    """
+    if execution not in EXECUTIONS:
+        raise ConfigError(f"unknown seed execution {execution!r}; valid: {', '.join(EXECUTIONS)}")
+    if execution != "auto":
+        return execution
+    return "unroll" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def unrolled(step: Any, k: int) -> Any:
+    """``step`` applied to each of the ``k`` leading-axis slices of its arguments, outputs stacked.
+
+    Same signature and results as ``jax.vmap(step)``, but each slice runs the unbatched ops.
+    """
+
+    def run(*args: Any) -> Any:
+        outs = [step(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(k)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return run
+
+
+def train_seeds(config: ExperimentConfig, seeds: Sequence[int], execution: str = "auto") -> list[RunResult]:
+    """Trains ``config`` for each of ``seeds`` in one compiled program (vmapped or unrolled).
 
     Built from the loop's pieces (:func:`~da_framework.train.loop.build`, ``batch_streams``,
     ``init_state``, ``evaluate_state``, ``check_finite``), so a seed here is the run
@@ -42,6 +79,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResul
     Args:
       config: the run config (its ``seed`` is ignored; ``seeds`` are used).
       seeds: the K seeds.
+      execution: ``"auto"``, ``"vmap"`` or ``"unroll"`` (module doc).
 
     Returns:
       one :class:`RunResult` per seed, in order; ``wall_time_s`` is the shared total and
@@ -55,6 +93,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResul
         raise ConfigError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
     if config.num_devices != 1 or config.checkpoint_every:
         raise ConfigError("vmapped seeds need num_devices=1 and checkpoint_every=0; run seeds separately otherwise")
+    mode = resolve_execution(execution)
     start = time.perf_counter()
     exp = build(config)
     streams = [batch_streams(exp, s, config.batch_size) for s in seeds]
@@ -72,7 +111,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> list[RunResul
 
     def counted_step(*args: Any) -> Any:
         traces[0] += 1
-        return jax.vmap(exp.step)(*args)
+        return (jax.vmap(exp.step) if mode == "vmap" else unrolled(exp.step, len(seeds)))(*args)
 
     step_fn = jax.jit(counted_step, donate_argnums=0)
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
