@@ -101,6 +101,9 @@ LOSS_SPACES: dict[str, dict[str, str]] = {
     "mldg": {"mldg_beta": "log10_uniform(-1, 1)"},
     "fish": {"meta_lr": "choice([0.05, 0.1, 0.5])"},
     "andmask": {"tau": "uniform(0.5, 1)"},
+    "sandmask": {"tau": "uniform(0, 1)", "k": "log10_uniform(-3, 5)"},
+    "iga": {"penalty": "log10_uniform(1, 5)"},
+    "rsc": {"rsc_f_drop_factor": "uniform(0, 0.5)", "rsc_b_drop_factor": "uniform(0, 0.5)"},
     "cad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
     "condcad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
 }
@@ -127,7 +130,7 @@ ALGORITHMS: dict[str, str] = {
     "GroupDRO": "group_dro", "IB_ERM": "cross_entropy + ib", "IB_IRM": "cross_entropy + irm + ib",
     "CAD": "cross_entropy + cad", "CondCAD": "cross_entropy + condcad",
     "DANN": "cross_entropy + dann_envs", "CDANN": "cross_entropy + cdann_envs",
-    "MLDG": "mldg", "Fish": "fish", "ANDMask": "andmask",
+    "MLDG": "mldg", "Fish": "fish", "ANDMask": "andmask", "SANDMask": "sandmask", "IGA": "iga", "RSC": "rsc",
 }
 
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 from da_framework.losses.registry import LossError, get_loss
 from da_framework.methods.andmask import make_andmask_step
 from da_framework.methods.fish import make_fish_step
+from da_framework.methods.iga import make_iga_step
 from da_framework.methods.mcd import make_mcd_step
 from da_framework.methods.mldg import make_mldg_step
+from da_framework.methods.rsc import make_rsc_step
+from da_framework.methods.sandmask import make_sandmask_step
 from da_framework.train.method import Method
 from da_framework.train.step import StepBuilder, make_train_step
 
@@ -30,6 +33,9 @@ TRAINERS: dict[str, StepBuilder] = {
     "mldg": make_mldg_step,
     "fish": make_fish_step,
     "andmask": make_andmask_step,
+    "sandmask": make_sandmask_step,
+    "iga": make_iga_step,
+    "rsc": make_rsc_step,
 }
 
 
