@@ -104,6 +104,9 @@ LOSS_SPACES: dict[str, dict[str, str]] = {
     "sandmask": {"tau": "uniform(0, 1)", "k": "log10_uniform(-3, 5)"},
     "iga": {"penalty": "log10_uniform(1, 5)"},
     "rsc": {"rsc_f_drop_factor": "uniform(0, 0.5)", "rsc_b_drop_factor": "uniform(0, 0.5)"},
+    "fishr": {"fishr_lambda": "log10_uniform(1, 4)", "fishr_penalty_anneal_iters": "int_uniform(0, 5000)",
+              "fishr_ema": "uniform(0.9, 0.99)"},
+    "eqrm": {"eqrm_quantile": "uniform(0.5, 0.99)", "eqrm_burnin_iters": "log10_uniform(2.5, 3.5)"},  # eqrm_lr: not reproduced
     "cad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
     "condcad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
 }
@@ -131,6 +134,7 @@ ALGORITHMS: dict[str, str] = {
     "CAD": "cross_entropy + cad", "CondCAD": "cross_entropy + condcad",
     "DANN": "cross_entropy + dann_envs", "CDANN": "cross_entropy + cdann_envs",
     "MLDG": "mldg", "Fish": "fish", "ANDMask": "andmask", "SANDMask": "sandmask", "IGA": "iga", "RSC": "rsc",
+    "Fishr": "cross_entropy + fishr", "SelfReg": "cross_entropy + selfreg", "EQRM": "eqrm",
 }
 
 

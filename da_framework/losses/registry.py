@@ -284,6 +284,7 @@ def register_stateful_loss(
     reference: str,
     trainer: str | None = None,
     overwrite: bool = False,
+    optimizer_reset: str | None = None,
 ) -> Callable[[Callable[..., StatefulTerm]], Callable[..., StatefulTerm]]:
     """Decorator registering a factory ``fn(**hparams) -> StatefulTerm`` as the loss ``name``.
 
@@ -291,7 +292,7 @@ def register_stateful_loss(
     set from a method spec like a plain loss's: ``mean_teacher(decay=0.999)``.  Arguments as
     for :func:`register_loss`.
     """
-    return _register(name, description, reference, trainer, overwrite, stateful=True)
+    return _register(name, description, reference, trainer, overwrite, stateful=True, optimizer_reset=optimizer_reset)
 
 
 def get_loss(name: str) -> LossSpec:
