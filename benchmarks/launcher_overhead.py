@@ -6,7 +6,7 @@ each pays its own imports, compiles and (for Ray) cluster start; the order is in
 over ``--repeats`` rounds.  The records of every launcher are checked equal to local's
 (config, metrics, history), so the timings compare the same work.
 
-    PYTHONPATH=$PWD python benchmarks/launcher_overhead.py --steps 300 --repeats 2 \
+    PYTHONPATH=$PWD python benchmarks/launcher_overhead.py --steps 300 --repeats 2 --compile-cache cold \
         --json benchmarks/results/launchers/amd_epyc_2core.json
 """
 
@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--compile-cache", choices=["cold", "off"], default="cold",
+                    help="cold: each da bench process starts with an empty persistent compilation cache of its own "
+                         "(reused by its later runs and its workers); off: DA_COMPILE_CACHE=off (no reuse at all)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     names = args.configs.split(",")
@@ -69,7 +72,8 @@ def main() -> None:
                 out = Path(tmp) / f"{name.replace(' ', '_')}_{rep}"
                 cmd = [sys.executable, "-m", "da_framework.cli", "bench", str(sweep_file), "--results-dir", str(out), *CONFIGS[name]]
                 start = time.perf_counter()
-                done = subprocess.run(cmd, capture_output=True, text=True)
+                cache = str(Path(tmp) / f"cache_{out.name}") if args.compile_cache == "cold" else "off"
+                done = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "DA_COMPILE_CACHE": cache})
                 wall = time.perf_counter() - start
                 if done.returncode != 0:
                     sys.exit(f"{name}: da bench failed:\n{done.stdout}\n{done.stderr}")
@@ -82,11 +86,12 @@ def main() -> None:
                 print(f"round {rep} {name:28s} {wall:7.1f} s  records equal local's: {same}", flush=True)
                 if not same:
                     sys.exit(f"{name}: records differ from the first configuration's")
-    ray_start = subprocess.run([sys.executable, "-c", RAY_START], capture_output=True, text=True).stdout.strip().splitlines()
+    ray_start = subprocess.run([sys.executable, "-c", RAY_START], check=False, capture_output=True, text=True).stdout.strip().splitlines()
     ray_start_s = float(ray_start[-1]) if ray_start else float("nan")
     print(f"ray.init() of a local 2-CPU cluster, alone: {ray_start_s:.1f} s")
     head = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load before "
-            f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; {args.steps} steps x 4 runs")
+            f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; {args.steps} steps x 4 runs; "
+            f"compile cache {args.compile_cache}")
     print(head)
     print("| launcher | wall s (each round) | median |\n|---|---|---|")
     for n in names:
@@ -94,7 +99,7 @@ def main() -> None:
         print(f"| {n} | {', '.join(f'{t:.1f}' for t in times[n])} | {ts[len(ts) // 2]:.1f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"header": head, "steps": args.steps, "wall_s": times, "ray_start_s": ray_start_s,
+        args.json.write_text(json.dumps({"header": head, "steps": args.steps, "wall_s": times, "ray_start_s": ray_start_s, "compile_cache": args.compile_cache,
                                          "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}, indent=1) + "\n")
 
 

@@ -28,7 +28,10 @@ DEBUG = {"on": False}
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option("--debug", help="show the traceback of input errors too")] = False) -> None:
     """da_framework: domain adaptation on JAX."""
+    from da_framework.compile_cache import enable_compile_cache
+
     DEBUG["on"] = debug
+    enable_compile_cache()  # compiled programs reused across runs and processes ($DA_COMPILE_CACHE=off disables)
 
 
 def fail(message: str, error: BaseException | None = None) -> NoReturn:

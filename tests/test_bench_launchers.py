@@ -147,3 +147,14 @@ def test_bad_launcher_options_are_one_line_errors(tmp_path):
         result = cli.invoke(app, ["bench", "digits_default", "--results-dir", str(tmp_path), *args])
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_parallel_launchers_start_one_run_of_every_program_first(tmp_path):
+    from da_framework.bench.launchers import interleave_programs
+
+    runs = expand_sweep({**SWEEP, "seeds": [0, 1, 2]}, tmp_path)  # methods x seeds, seeds innermost
+    order = [(Path(r.path).parent.parent.name, Path(r.path).stem) for r in interleave_programs(runs)]
+    assert order == [("source_only", "seed0"), ("dann", "seed0"), ("source_only", "seed1"), ("dann", "seed1"),
+                     ("source_only", "seed2"), ("dann", "seed2")]
+    assert sorted(map(str, (r.path for r in interleave_programs(runs)))) == sorted(str(r.path) for r in runs)
+    assert interleave_programs(runs[:1]) == runs[:1] and interleave_programs([]) == []

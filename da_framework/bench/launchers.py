@@ -97,8 +97,10 @@ def execute(run: Any, runner: Runner | None = None) -> Outcome:
     never write the same record); ``runner`` (default :func:`default_runner`) trains it and
     writes its record.  A user error (bad config) propagates; a record is never half-written.
     """
+    from da_framework.compile_cache import enable_compile_cache
     from da_framework.results import claim
 
+    enable_compile_cache()  # a fresh worker reuses what earlier workers compiled
     runner = runner or default_runner
     path = Path(run.path)
     with claim(path) as mine:
@@ -219,7 +221,9 @@ def run_ray(runs: Sequence[Any], runner: Runner | None, on_outcome: Callable[[Ou
         import ray
     except ImportError:
         raise LauncherError("--launcher ray needs Ray: pip install 'da_framework[dist]'") from None
-    env = {k: str(Path(os.environ[k]).absolute()) for k in ("DA_DATA_DIR",) if os.environ.get(k)}
+    env = {k: str(Path(os.environ[k]).absolute()) for k in ("DA_DATA_DIR", "DA_COMPILE_CACHE") if os.environ.get(k)}
+    if os.environ.get("DA_COMPILE_CACHE", "").strip().lower() in ("0", "off", "false", "no"):
+        env["DA_COMPILE_CACHE"] = "off"
     if not ray.is_initialized():
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
@@ -282,6 +286,22 @@ def _one_line(e: BaseException) -> str:
     return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}" if lines else type(e).__name__
 
 
+def interleave_programs(runs: Sequence[Any]) -> list[Any]:
+    """``runs`` reordered round-robin over their record folders: first one run of every folder,
+    then a second of each, and so on.
+
+    Runs in one folder differ only in seed, so they compile the same programs.  Workers that
+    start together then compile different programs, and a folder's later runs find its
+    programs in the persistent compilation cache (:mod:`da_framework.compile_cache`) instead
+    of compiling them again at the same time on another worker.
+    """
+    groups: dict[Path, list[Any]] = {}
+    for run in runs:
+        groups.setdefault(Path(run.path).parent, []).append(run)
+    waves = max((len(g) for g in groups.values()), default=0)
+    return [g[i] for i in range(waves) for g in groups.values() if i < len(g)]
+
+
 def launch(launcher: str, runs: Sequence[Any], on_outcome: Callable[[Outcome], None], *, runner: Runner | None = None,
            retries: int = 2, results_dir: Path | None = None, **options: Any) -> int:
     """Runs ``runs`` with the named launcher, then again for the runs a dead worker left
@@ -305,6 +325,8 @@ def launch(launcher: str, runs: Sequence[Any], on_outcome: Callable[[Outcome], N
         raise LauncherError(f"option(s) {', '.join(bad)} do not apply to --launcher {launcher}")
     options = {k: v for k, v in options.items() if v is not None}
     runs = [absolute_run(r) for r in runs]
+    if launcher != "local":  # parallel workers: one compile per program (interleave_programs)
+        runs = interleave_programs(runs)
     attempts = 0
     for attempts in range(1, retries + 2):
         todo = [r for r in runs if not Path(r.path).exists()]
