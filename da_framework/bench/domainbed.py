@@ -85,6 +85,12 @@ def domainbed_pairs(family: str, leave_one_out: bool = True) -> list[tuple[list[
     return pairs
 
 
+_DANN_ALT_SPACE: dict[str, str] = {
+    "dann_lambda": "log10_uniform(-2, 2)", "lr_g": "log10_uniform(-4.5, -2.5)", "lr_d": "log10_uniform(-4.5, -2.5)",
+    "weight_decay_d": "log10_uniform(-6, -2)", "d_steps_per_g_step": "int_pow2_uniform(0, 3)",
+    "grad_penalty": "log10_uniform(-2, 1)", "beta1": "choice([0.0, 0.5])", "mlp_width": "int_pow2_uniform(6, 10)",
+    "mlp_depth": "choice([3, 4, 5])",  # mlp_dropout (choice([0, 0.1, 0.5]) in DomainBed) is not implemented
+}
 # hparams_registry.py (SMALL_IMAGES): every algorithm's own hyper-parameters, as "<loss>.<hparam>".
 COMMON_SPACE: dict[str, str] = {"learning_rate": "log10_uniform(-4.5, -2.5)", "batch_size": "int_pow2_uniform(3, 9)"}
 LOSS_SPACES: dict[str, dict[str, str]] = {
@@ -96,8 +102,11 @@ LOSS_SPACES: dict[str, dict[str, str]] = {
     "coral_envs": {"mmd_gamma": "log10_uniform(-1, 1)"},
     "mmd_envs": {"mmd_gamma": "log10_uniform(-1, 1)"},
     "sd": {"sd_reg": "log10_uniform(-5, -1)"},
-    "dann_envs": {"dann_lambda": "log10_uniform(-2, 2)", "mlp_width": "int_pow2_uniform(6, 10)", "mlp_depth": "int_uniform(3, 5)"},
-    "cdann_envs": {"dann_lambda": "log10_uniform(-2, 2)", "mlp_width": "int_pow2_uniform(6, 10)", "mlp_depth": "int_uniform(3, 5)"},
+    "dann_envs": {"dann_lambda": "log10_uniform(-2, 2)", "mlp_width": "int_pow2_uniform(6, 10)", "mlp_depth": "choice([3, 4, 5])"},
+    "cdann_envs": {"dann_lambda": "log10_uniform(-2, 2)", "mlp_width": "int_pow2_uniform(6, 10)", "mlp_depth": "choice([3, 4, 5])"},
+    # DomainBed's own (alternating) DANN: two Adams with lr_g / lr_d, so the sampled learning_rate is not read.
+    "dann_alt": _DANN_ALT_SPACE,
+    "cdann_alt": _DANN_ALT_SPACE,
     "mldg": {"mldg_beta": "log10_uniform(-1, 1)"},
     "fish": {"meta_lr": "choice([0.05, 0.1, 0.5])"},
     "andmask": {"tau": "uniform(0.5, 1)"},
@@ -132,7 +141,8 @@ ALGORITHMS: dict[str, str] = {
     "CORAL": "cross_entropy + coral_envs", "MMD": "cross_entropy + mmd_envs", "SD": "cross_entropy + sd",
     "GroupDRO": "group_dro", "IB_ERM": "cross_entropy + ib", "IB_IRM": "cross_entropy + irm + ib",
     "CAD": "cross_entropy + cad", "CondCAD": "cross_entropy + condcad",
-    "DANN": "cross_entropy + dann_envs", "CDANN": "cross_entropy + cdann_envs",
+    "DANN": "cross_entropy + dann_alt", "CDANN": "cross_entropy + cdann_alt",  # DomainBed's alternating updates
+    "DANN_grl": "cross_entropy + dann_envs", "CDANN_grl": "cross_entropy + cdann_envs",  # one update through a GRL
     "MLDG": "mldg", "Fish": "fish", "ANDMask": "andmask", "SANDMask": "sandmask", "IGA": "iga", "RSC": "rsc",
     "Fishr": "cross_entropy + fishr", "SelfReg": "cross_entropy + selfreg", "EQRM": "eqrm",
 }

@@ -16,10 +16,11 @@ y in the step's batch and C = max(y) + 1 (``F.one_hot(all_y).sum(0)`` has that w
 
 Variant implemented: one step through a gradient reversal layer of coefficient ``dann_lambda``
 on z, so D and E get +grad L_disc and the featurizer -lambda grad L_disc *in the same update*,
-with the project's optimiser.  DomainBed alternates instead (``d_steps_per_g_step`` = 1: odd
-updates train D and E alone with Adam betas (0.5, 0.9), even updates train featurizer and
-classifier alone), so its classifier sees half the updates; its ``grad_penalty`` (default 0)
-and ``mlp_dropout`` (default 0) are not implemented.  Targets (the held-out environment) are
+with the project's optimiser.  DomainBed alternates instead (``d_steps_per_g_step`` = 1: the
+1st, 3rd, ... updates train featurizer and classifier alone, the 2nd, 4th, ... D and E alone,
+each with its own Adam, betas (0.5, 0.9)), so its classifier sees half the updates; that form
+is :mod:`da_framework.losses.dann_alternating` (``dann_alt``, ``cdann_alt``).  Here
+``grad_penalty`` (default 0) and ``mlp_dropout`` (default 0) are not implemented.  Targets (the held-out environment) are
 never read.  The method is ``cross_entropy + dann_envs`` / ``cross_entropy + cdann_envs``.
 """
 

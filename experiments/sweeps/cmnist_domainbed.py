@@ -6,7 +6,7 @@ Plan:   da bench cmnist_domainbed --plan          (every run and its sampled val
 Report: da report results/cmnist_domainbed        (training-domain, leave-one-out and oracle tables)
 
 Protocol values: ``da_framework/bench/domainbed.py`` (Adam 1e-3, batch 64 per environment, 5001
-steps, MNIST_CNN, an evaluation every 100 steps). A GPU job (8,280 runs at the defaults); on
+steps, MNIST_CNN, an evaluation every 100 steps). A GPU job (9,000 runs at the defaults); on
 a CPU shorten with ``DA_DG_STEPS`` (e.g. 300), ``DA_DG_SAMPLES`` (e.g. 2) and ``DA_DG_ALGORITHMS``
 (comma-separated DomainBed names, e.g. ``ERM,IRM``); ``DA_DG_PER_TRIAL=0`` draws one value set
 per sample for all trials (then ``--vmap-seeds`` trains a sample's trials as one program).
