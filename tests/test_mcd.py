@@ -87,8 +87,8 @@ def test_trainer_is_chosen_by_name_and_never_silently_switched(setup):
     assert resolve_trainer("standard", parse_method("dann")) == "standard"
     with pytest.raises(LossError, match="needs trainer 'mcd'.*set trainer=mcd or auto"):
         resolve_trainer("standard", method)
-    with pytest.raises(LossError, match="unknown trainer 'adda'; valid: auto, standard, mcd"):
-        resolve_trainer("adda", method)
+    with pytest.raises(LossError, match="unknown trainer 'nope'; valid: auto, standard, mcd"):
+        resolve_trainer("nope", method)
 
 
 def test_mcd_step_updates_everything_once(setup):

@@ -17,7 +17,9 @@ signature and returns ``step(state, source_batch, target_batch, key) -> (state, 
 from __future__ import annotations
 
 from da_framework.losses.registry import LossError, get_loss
+from da_framework.methods.adda import make_adda_step
 from da_framework.methods.andmask import make_andmask_step
+from da_framework.methods.dann_alternating import make_dann_alt_step
 from da_framework.methods.fish import make_fish_step
 from da_framework.methods.iga import make_iga_step
 from da_framework.methods.mcd import make_mcd_step
@@ -36,6 +38,8 @@ TRAINERS: dict[str, StepBuilder] = {
     "sandmask": make_sandmask_step,
     "iga": make_iga_step,
     "rsc": make_rsc_step,
+    "adda": make_adda_step,
+    "dann_alt": make_dann_alt_step,
 }
 
 
