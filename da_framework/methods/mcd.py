@@ -12,6 +12,17 @@ Sec. 3.2.  With G the generator (every model parameter except ``head``), F1 the 
 Every sub-step leaves the frozen parameters bit-identical and their optimiser slots
 untouched, as with the paper's two optimisers; the optimiser's step counter (and so the
 learning-rate schedule) advances once per training step.
+
+Deep heads (tllib's ``ImageClassifierHead``; the model's ``head_hidden`` and the term's
+``mcd(head_hidden=...)``, which must agree): as in tllib's ``mcd.py``, every sub-step runs
+G, F1 and F2 on the joint batch ``cat(x_s, x_t)`` in train mode, so the heads' BatchNorm
+normalises over both domains and step C takes the discrepancy on the target half of a joint
+pass.  F1's running statistics (the model's ``batch_stats`` under ``head``) are updated by
+every sub-step's pass (A, B and the ``num_k`` C passes), as torch updates them on every
+train-mode forward.  Dropout keys: step A and B use their sub-step key as the standard step
+does (model dropout from one half, the ``mcd`` term's, hence F2's, from ``Method.loss``'s
+split of the other); each C repeat splits its own key into a model key and an F2 key.  The
+single-Dense default keeps its original passes (step C on the target batch only).
 """
 
 from __future__ import annotations
@@ -23,7 +34,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.mcd import classifier_discrepancy, second_classifier_logits
+from da_framework.losses.mcd import (
+    check_second_head,
+    classifier_discrepancy,
+    deep_second_classifier_logits,
+    second_classifier_logits,
+)
 from da_framework.losses.registry import LossError, LossInputs, get_loss
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
@@ -35,8 +51,8 @@ TERM = "mcd"
 
 def classifier_mask(params: Mapping[str, Any], term_key: str = TERM) -> Any:
     """Boolean tree over ``{"model", "aux"}`` params: True for F1 (``model/head``) and F2 (``aux/<term_key>``)."""
-    model = {k: jax.tree.map(lambda _: k == "head", v) for k, v in params["model"].items()}
-    aux = {k: jax.tree.map(lambda _: k == term_key, v) for k, v in params["aux"].items()}
+    model = {k: jax.tree.map(lambda _, k=k: k == "head", v) for k, v in params["model"].items()}
+    aux = {k: jax.tree.map(lambda _, k=k: k == term_key, v) for k, v in params["aux"].items()}
     return {"model": model, "aux": aux}
 
 
@@ -112,6 +128,17 @@ def make_mcd_step(
     num_k, weight = int(hp["num_k"]), float(hp["discrepancy_weight"])
     if num_k < 1:
         raise LossError(f"mcd: num_k must be >= 1, got {num_k}")
+    f2 = (check_second_head(hp["head_hidden"], hp["head_dropout"], hp["head_norm"]),
+          float(hp["head_dropout"]), hp["head_norm"])
+    f1_hidden = tuple(getattr(model, "head_hidden", ()))
+    f1 = (f1_hidden, float(getattr(model, "head_dropout", 0.5)), getattr(model, "head_norm", "batch"))
+    deep = bool(f2[0])
+    if f1[0] != f2[0] or (deep and f1 != f2):
+        raise LossError(
+            f"mcd: F2 (the term's head_hidden={f2[0]!r}, head_dropout={f2[1]!r}, head_norm={f2[2]!r}) must match the "
+            f"model's head F1 (head_hidden={f1[0]!r}, head_dropout={f1[1]!r}, head_norm={f1[2]!r}); set both alike"
+        )
+    disc_metric = f"{term_key}/discrepancy"
 
     def forward(params: Any, model_state: Any, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
         mutable = list(model_state)
@@ -120,10 +147,16 @@ def make_mcd_step(
         (logits, feats), new_state = out if mutable else (out, {})
         return logits, feats, dict(new_state) if mutable else model_state
 
-    def discrepancy(params: Any, model_state: Any, xt: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
-        logits, feats, new_state = forward(params["model"], model_state, xt, key)
-        logits2 = second_classifier_logits(params["aux"][term_key], feats, logits)
-        return classifier_discrepancy(logits, logits2), new_state
+    def discrepancy(params: Any, model_state: Any, xs: jax.Array, xt: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
+        if not deep:
+            logits, feats, new_state = forward(params["model"], model_state, xt, key)
+            logits2 = second_classifier_logits(params["aux"][term_key], feats, logits)
+            return classifier_discrepancy(logits, logits2), new_state
+        k_model, k_f2 = jax.random.split(key)
+        logits, feats, new_state = forward(params["model"], model_state, jnp.concatenate([xs, xt]), k_model)
+        logits2 = deep_second_classifier_logits(params["aux"][term_key], feats, logits.shape[-1], *f2, k_f2)
+        n_s = xs.shape[0]
+        return classifier_discrepancy(logits[n_s:], logits2[n_s:]), new_state
 
     def source_loss(params, state, source_batch, target_batch, key, progress):
         """The method's loss (source CE of both heads) and, on the same pass, the target discrepancy."""
@@ -150,8 +183,11 @@ def make_mcd_step(
             domains=domains,
         )
         out = method.loss(params["aux"], state.term_states, inputs)
-        logits2_t = second_classifier_logits(params["aux"][term_key], feats[n_s:], logits[n_s:])
-        disc = classifier_discrepancy(logits[n_s:], logits2_t)
+        if deep:  # the term ran F2 once on the joint features: its target half's discrepancy
+            disc = out.metrics[disc_metric]
+        else:
+            logits2_t = second_classifier_logits(params["aux"][term_key], feats[n_s:], logits[n_s:])
+            disc = classifier_discrepancy(logits[n_s:], logits2_t)
         accuracy = jnp.mean(jnp.argmax(logits[:n_s], -1) == source_batch["label"])
         return out.total, (disc, out, new_state, accuracy)
 
@@ -186,7 +222,7 @@ def make_mcd_step(
 
         # Step C: G minimises it, num_k times.
         def loss_c(p, ms, k):
-            disc, new_state = discrepancy(p, ms, target_batch[input_key], k)
+            disc, new_state = discrepancy(p, ms, source_batch[input_key], target_batch[input_key], k)
             return weight * disc, (disc, new_state)
 
         disc_c = []

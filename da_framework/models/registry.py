@@ -8,7 +8,7 @@ from typing import Any
 import flax.linen as nn
 
 from da_framework.errors import UserError
-from da_framework.models.classifier import BOTTLENECK_NORMS, Classifier
+from da_framework.models.classifier import BOTTLENECK_NORMS, Classifier, check_head
 from da_framework.models.lenet import LeNet, lenet_tllib
 from da_framework.models.mlp import MLP
 from da_framework.models.mnist_cnn import MNISTCNN
@@ -39,6 +39,8 @@ class ModelError(UserError):
 # model_kwargs that say what to load into the model after initialisation, not how to build it:
 # train() reads them (da_framework.transfer.pretrained.load_for_training), make_model refuses them.
 LOAD_KEYS = ("pretrained", "pretrained_head")
+# model_kwargs that shape the classifier head (Classifier.head_hidden etc.), not the backbone.
+HEAD_KEYS = ("head_hidden", "head_dropout", "head_norm")
 
 
 def build_kwargs(model_kwargs: Any) -> dict[str, Any]:
@@ -65,6 +67,11 @@ def make_model(
             f"model_kwargs {loading[0]!r} is loaded by train() after initialisation, not built by make_model; "
             "pass **build_kwargs(model_kwargs) and load the file with da_framework.transfer.pretrained.load_pretrained"
         )
+    head = {k: backbone_kwargs.pop(k) for k in HEAD_KEYS if k in backbone_kwargs}
+    if head and "head_hidden" not in head:
+        raise ModelError(f"model_kwargs {', '.join(sorted(head))} need head_hidden, the deep head's widths, e.g. (1024, 1024)")
+    if head:
+        head["head_hidden"] = check_head(head["head_hidden"], head.get("head_dropout", 0.5), head.get("head_norm", "batch"))
     try:
         backbone = BACKBONES[name][0](**backbone_kwargs)
     except TypeError as e:
@@ -72,4 +79,4 @@ def make_model(
     if bottleneck_norm not in BOTTLENECK_NORMS:
         raise ModelError(f"unknown bottleneck_norm {bottleneck_norm!r}; valid: {', '.join(BOTTLENECK_NORMS)}")
     return Classifier(backbone=backbone, num_classes=num_classes, bottleneck_dim=bottleneck_dim,
-                      bottleneck_norm=bottleneck_norm)
+                      bottleneck_norm=bottleneck_norm, **head)
