@@ -18,7 +18,8 @@ protocol (``optimizer=adam``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,28 +55,27 @@ def and_mask(grads: jax.Array, tau: float) -> tuple[jax.Array, jax.Array]:
     return mask * jnp.mean(grads, axis=0) * (1.0 / (1e-10 + kept)), mask
 
 
-def make_andmask_step(
+MaskFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def make_masked_gradient_step(
     model: Classifier,
-    method: Method,
+    term: Any,
+    mask_fn: MaskFn,
+    metric: str,
     tx: optax.GradientTransformation,
     total_steps: int,
-    input_key: str = "image",
-    compute_dtype: str = "float32",
-    num_sources: int = 1,
-    num_targets: int = 1,
+    input_key: str,
+    num_sources: int,
 ) -> TrainStep:
-    """Builds AND-mask's step ``(state, source_batch, target_batch, key) -> (state, metrics)``.
+    """The step that AND-mask and SAND-mask share: per-environment gradients, masked, one update.
 
-    Same signature and contract as :func:`da_framework.train.step.make_train_step`; the
-    method is the ``andmask`` term alone (``tau`` in [0, 1]; its weight and schedule scale
-    every environment's loss), the source batch holds ``num_sources`` >= 2 environments and
-    the target batch is not read.  Metrics: ``loss`` (mean environment loss, also
-    ``loss/<key>``), ``loss/<key>/mask_fraction`` (the kept share of all gradient entries),
-    ``source_train_accuracy``, ``grad_norm`` (of the masked gradient).
+    Each environment's cross-entropy gradient comes from its own forward pass at the current
+    parameters; ``mask_fn((K, ...) gradients) -> (masked gradient, mask)`` runs on every
+    parameter tensor; the term's weight and schedule multiply the masked gradient and the
+    reported loss (the mean environment loss).  ``loss/<key>/<metric>`` is the mean mask value
+    over all gradient entries.
     """
-    del num_targets
-    term, hp = trainer_term(method, "andmask", num_sources, compute_dtype)
-    tau = checked_number(hp["tau"], "andmask", "tau", lambda v: 0 <= v <= 1, "a number in [0, 1]")
     schedule = get_schedule(term.schedule)
     grad_fn = jax.value_and_grad(make_environment_loss(model), has_aux=True)
 
@@ -92,12 +92,12 @@ def make_andmask_step(
         env_grads, losses, accuracies = [], [], []
         for e in range(num_sources):
             (loss, (model_state, logits)), grads = grad_fn(params, model_state, xs[e], ys[e],
-                                                           jax.random.fold_in(key, e), scale)
+                                                           jax.random.fold_in(key, e), jnp.float32(1.0))
             env_grads.append(grads)
             losses.append(loss)
             accuracies.append(batch_accuracy(logits, ys[e]))
-        masked = jax.tree.map(lambda *gs: and_mask(jnp.stack(gs), tau), *env_grads)
-        grads = jax.tree.map(lambda _, pair: pair[0], params, masked)
+        masked = jax.tree.map(lambda *gs: mask_fn(jnp.stack(gs)), *env_grads)
+        grads = jax.tree.map(lambda _, pair: scale * pair[0], params, masked)
         masks = jax.tree.leaves(jax.tree.map(lambda _, pair: pair[1], params, masked))
         updates, opt_state = tx.update(grads, state.opt_state, params)
         new_state = state.replace(
@@ -107,14 +107,41 @@ def make_andmask_step(
             opt_state=opt_state,
         )
         size = sum(m.size for m in masks)
-        mean_loss = jnp.mean(jnp.stack(losses))
+        mean_loss = scale * jnp.mean(jnp.stack(losses))
         metrics = {
             "loss": mean_loss,
             "source_train_accuracy": jnp.mean(jnp.stack(accuracies)),
             "grad_norm": optax.global_norm(grads),
             f"loss/{term.key}": mean_loss,
-            f"loss/{term.key}/mask_fraction": sum(jnp.sum(m) for m in masks) / max(size, 1),
+            f"loss/{term.key}/{metric}": sum(jnp.sum(m) for m in masks) / max(size, 1),
         }
         return new_state, metrics
 
     return step
+
+
+def make_andmask_step(
+    model: Classifier,
+    method: Method,
+    tx: optax.GradientTransformation,
+    total_steps: int,
+    input_key: str = "image",
+    compute_dtype: str = "float32",
+    num_sources: int = 1,
+    num_targets: int = 1,
+) -> TrainStep:
+    """Builds AND-mask's step ``(state, source_batch, target_batch, key) -> (state, metrics)``.
+
+    Same signature and contract as :func:`da_framework.train.step.make_train_step`; the
+    method is the ``andmask`` term alone (``tau`` in [0, 1]; its weight and schedule scale
+    the masked gradient, the same as scaling every environment's loss since the sign mask
+    does not change under a positive scale), the source batch holds ``num_sources`` >= 2
+    environments and the target batch is not read.  Metrics: ``loss`` (mean environment loss,
+    also ``loss/<key>``), ``loss/<key>/mask_fraction`` (the kept share of all gradient
+    entries), ``source_train_accuracy``, ``grad_norm`` (of the masked gradient).
+    """
+    del num_targets
+    term, hp = trainer_term(method, "andmask", num_sources, compute_dtype)
+    tau = checked_number(hp["tau"], "andmask", "tau", lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    return make_masked_gradient_step(model, term, lambda g: and_mask(g, tau), "mask_fraction", tx, total_steps,
+                                     input_key, num_sources)

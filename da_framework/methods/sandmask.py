@@ -27,25 +27,15 @@ same under DomainBed's protocol (``optimizer=adam``, constant rate, weight decay
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.dg_trainers import (
-    batch_accuracy,
-    checked_number,
-    environment_batches,
-    make_environment_loss,
-    step_scale,
-    trainer_term,
-)
+from da_framework.losses.dg_trainers import checked_number, trainer_term
+from da_framework.methods.andmask import make_masked_gradient_step
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
-from da_framework.train.schedules import get_schedule
-from da_framework.train.state import TrainState
-from da_framework.train.step import Metrics, TrainStep
+from da_framework.train.step import TrainStep
 
 NAN_FILL = 1e-17  # DomainBed's value for a NaN variance or mask entry
 
@@ -93,45 +83,5 @@ def make_sandmask_step(
     term, hp = trainer_term(method, "sandmask", num_sources, compute_dtype)
     tau = checked_number(hp["tau"], "sandmask", "tau", lambda v: 0 <= v <= 1, "a number in [0, 1]")
     k = checked_number(hp["k"], "sandmask", "k", lambda v: 0 < v < float("inf"), "a finite number > 0")
-    schedule = get_schedule(term.schedule)
-    grad_fn = jax.value_and_grad(make_environment_loss(model), has_aux=True)
-
-    def step(
-        state: TrainState,
-        source_batch: Mapping[str, jax.Array],
-        target_batch: Mapping[str, jax.Array],
-        key: jax.Array,
-    ) -> tuple[TrainState, Metrics]:
-        del target_batch
-        xs, ys = environment_batches(source_batch, input_key, num_sources)
-        scale = step_scale(state.step, total_steps, term, schedule)
-        params, model_state = state.params, state.model_state
-        env_grads, losses, accuracies = [], [], []
-        for e in range(num_sources):
-            (loss, (model_state, logits)), grads = grad_fn(params, model_state, xs[e], ys[e],
-                                                           jax.random.fold_in(key, e), jnp.float32(1.0))
-            env_grads.append(grads)
-            losses.append(loss)
-            accuracies.append(batch_accuracy(logits, ys[e]))
-        masked = jax.tree.map(lambda *gs: sand_mask(jnp.stack(gs), tau, k), *env_grads)
-        grads = jax.tree.map(lambda _, pair: scale * pair[0], params, masked)
-        masks = jax.tree.leaves(jax.tree.map(lambda _, pair: pair[1], params, masked))
-        updates, opt_state = tx.update(grads, state.opt_state, params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(params, updates),
-            model_state=model_state,
-            opt_state=opt_state,
-        )
-        size = sum(m.size for m in masks)
-        mean_loss = scale * jnp.mean(jnp.stack(losses))
-        metrics = {
-            "loss": mean_loss,
-            "source_train_accuracy": jnp.mean(jnp.stack(accuracies)),
-            "grad_norm": optax.global_norm(grads),
-            f"loss/{term.key}": mean_loss,
-            f"loss/{term.key}/mask_mean": sum(jnp.sum(m) for m in masks) / max(size, 1),
-        }
-        return new_state, metrics
-
-    return step
+    return make_masked_gradient_step(model, term, lambda g: sand_mask(g, tau, k), "mask_mean", tx, total_steps,
+                                     input_key, num_sources)
