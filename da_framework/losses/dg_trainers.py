@@ -28,7 +28,8 @@ from da_framework.losses.registry import LossError, LossInputs, get_loss, regist
 EnvLoss = Callable[..., tuple[jax.Array, tuple[Any, jax.Array]]]
 
 
-def _mean_environment_risk(inputs: LossInputs, loss: str) -> jax.Array:
+def mean_environment_risk(inputs: LossInputs, loss: str) -> jax.Array:
+    """DomainBed's ERM objective over the step's labelled environments: the mean of their cross-entropies."""
     return jnp.mean(environment_risks(labelled_views(inputs, loss)))
 
 
@@ -47,7 +48,7 @@ def mldg_term(inputs: LossInputs, mldg_beta: float = 1.0, n_meta_test: int = 0) 
     environments of a random permutation are the meta-test ones, cycled over the other K - m.
     """
     del mldg_beta, n_meta_test
-    return _mean_environment_risk(inputs, "mldg")
+    return mean_environment_risk(inputs, "mldg")
 
 
 @register_loss(
@@ -59,7 +60,7 @@ def mldg_term(inputs: LossInputs, mldg_beta: float = 1.0, n_meta_test: int = 0) 
 def fish_term(inputs: LossInputs, meta_lr: float = 0.5) -> jax.Array:
     """Mean environment cross-entropy; ``meta_lr`` is the step towards the inner model."""
     del meta_lr
-    return _mean_environment_risk(inputs, "fish")
+    return mean_environment_risk(inputs, "fish")
 
 
 @register_loss(
@@ -71,7 +72,7 @@ def fish_term(inputs: LossInputs, meta_lr: float = 0.5) -> jax.Array:
 def andmask_term(inputs: LossInputs, tau: float = 1.0) -> jax.Array:
     """Mean environment cross-entropy; ``tau`` is the sign-agreement threshold in [0, 1]."""
     del tau
-    return _mean_environment_risk(inputs, "andmask")
+    return mean_environment_risk(inputs, "andmask")
 
 
 def trainer_term(method: Any, name: str, num_sources: int, compute_dtype: str) -> tuple[Any, dict[str, Any]]:

@@ -16,14 +16,9 @@ The target batch is never used, as in DomainBed's domain generalisation.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
-from da_framework.losses.dg_common import environment_risks, labelled_views
+from da_framework.losses.dg_trainers import mean_environment_risk
 from da_framework.losses.registry import LossInputs, register_loss
-
-
-def _mean_environment_risk(inputs: LossInputs, loss: str) -> jax.Array:
-    return jnp.mean(environment_risks(labelled_views(inputs, loss)))
 
 
 @register_loss(
@@ -36,7 +31,7 @@ def _mean_environment_risk(inputs: LossInputs, loss: str) -> jax.Array:
 def sandmask_term(inputs: LossInputs, tau: float = 1.0, k: float = 10.0) -> jax.Array:
     """Mean environment cross-entropy; ``tau`` in [0, 1] is the agreement threshold, ``k`` > 0 the mask's steepness."""
     del tau, k
-    return _mean_environment_risk(inputs, "sandmask")
+    return mean_environment_risk(inputs, "sandmask")
 
 
 @register_loss(
@@ -50,7 +45,7 @@ def sandmask_term(inputs: LossInputs, tau: float = 1.0, k: float = 10.0) -> jax.
 def iga_term(inputs: LossInputs, penalty: float = 1000.0) -> jax.Array:
     """Mean environment cross-entropy; ``penalty`` >= 0 weighs the gradient-spread penalty in the trainer."""
     del penalty
-    return _mean_environment_risk(inputs, "iga")
+    return mean_environment_risk(inputs, "iga")
 
 
 @register_loss(
@@ -62,4 +57,4 @@ def iga_term(inputs: LossInputs, penalty: float = 1000.0) -> jax.Array:
 def rsc_term(inputs: LossInputs, rsc_f_drop_factor: float = 1 / 3, rsc_b_drop_factor: float = 1 / 3) -> jax.Array:
     """Mean environment cross-entropy; the two factors in [0, 1] are the shares of features and of examples muted."""
     del rsc_f_drop_factor, rsc_b_drop_factor
-    return _mean_environment_risk(inputs, "rsc")
+    return mean_environment_risk(inputs, "rsc")
