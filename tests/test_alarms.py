@@ -45,13 +45,29 @@ def test_threshold_boundaries_in_units_of_log_k() -> None:
     assert "40 at step 150" in both[0]
 
 
+def test_one_class_collapse_is_named_even_when_the_labelled_loss_is_low() -> None:
+    history = _history([2.2, 0.3, 0.05])  # the source side trains fine (ADDA's frozen source model)
+    collapsed = [0.0, 0.0, 1.0, 0.0, 0.004]
+    alarms = training_alarms(history, 5, per_class_accuracy=collapsed)
+    assert len(alarms) == 1 and alarms[0].startswith("one class: the final model predicts class 2")
+    # Just inside the thresholds: no alarm; a second class above 0.01 or the top below 0.99: none either.
+    assert training_alarms(history, 5, per_class_accuracy=[0.011, 0.0, 1.0, 0.0, 0.0]) == []
+    assert training_alarms(history, 5, per_class_accuracy=[0.0, 0.0, 0.989, 0.0, 0.0]) == []
+    assert training_alarms(history, 5, per_class_accuracy=[0.8, 0.7, 0.9, 0.6, 0.75]) == []
+    record = {"metrics": {"target_test_per_class_accuracy": collapsed}, "history": history}
+    assert record_alarms(record) == alarms
+    # A record that stored older alarms gets the current rules' too, without repeats.
+    assert record_alarms({**record, "alarms": ["stored", alarms[0]]}) == ["stored", alarms[0]]
+
+
 def test_record_alarms_reads_k_from_the_per_class_accuracy() -> None:
     history = _history([0.5, 0.7])  # 0.7 > 0.95 log 2 = 0.658 but < 0.95 log 10
     binary = {"metrics": {"target_test_per_class_accuracy": [0.5, 0.5]}, "history": history}
     ten = {"metrics": {"target_test_per_class_accuracy": [0.1] * 10}, "history": history}
     assert len(record_alarms(binary)) == 1 and record_alarms(ten) == []
     assert record_alarms({"metrics": {}, "history": history}) == []  # no K: a diverged/federated record
-    assert record_alarms({**ten, "alarms": ["stored"]}) == ["stored"]  # a stored list wins
+    assert record_alarms({"metrics": {}, "alarms": ["stored"]}) == ["stored"]
+    assert record_alarms({**ten, "alarms": ["stored"]}) == ["stored"]
 
 
 def test_alarms_markdown_lists_only_flagged_runs() -> None:
@@ -80,6 +96,8 @@ def collapsed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
 def test_da_run_prints_and_records_the_alarm(collapsed_run: tuple[str, dict]) -> None:
     output, record = collapsed_run
     assert record.get("status") != "diverged" and record["alarms"]
-    assert record["alarms"] == training_alarms(record["history"], 10)
+    per_class = record["metrics"]["target_test_per_class_accuracy"]
+    assert record["alarms"] == training_alarms(record["history"], 10, per_class_accuracy=per_class)
+    assert any(a.startswith("at chance or worse") for a in record["alarms"])
     assert "alarm:" in output and "alarms" in output  # the line and the table column
     assert record["metrics"]["target_test_accuracy"] < 0.2
