@@ -73,7 +73,7 @@ def training_alarms(
             alarms.append(
                 f"one class: the final model predicts class {top} for (nearly) every target test example "
                 f"(its accuracy {per_class_accuracy[top]:.3f}, every other class's at most {max(others):.3f}); "
-                "the features or the classifier collapsed"
+                "the features or the classifier collapsed (or the run is too short to learn)"
             )
     chance = math.log(num_classes)
     logged = [(int(h["step"]), float(h[CROSS_ENTROPY_KEY])) for h in history if CROSS_ENTROPY_KEY in h]
@@ -91,7 +91,7 @@ def training_alarms(
         alarms.append(
             f"at chance or worse: labelled cross-entropy {last:.3g} at the last logged step {last_step}, over "
             f"{chance_fraction:g} x log({num_classes}) = {chance_fraction * chance:.3g} (a uniform guess: {chance:.3g}); "
-            "the classifier did not fit its training data"
+            "the classifier did not fit its training data (the run collapsed, or is too short to learn)"
         )
     return alarms
 
