@@ -43,8 +43,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.dann_envs import EnvironmentDiscriminator, class_balance_weights, environment_adversarial_loss
-from da_framework.losses.dg_common import labelled_views
+from da_framework.losses.dann_envs import (
+    EnvironmentDiscriminator,
+    class_balance_weights,
+    environment_adversarial_loss,
+    environment_batch,
+)
 from da_framework.losses.dg_trainers import checked_number
 from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, TermState, register_stateful_loss
 
@@ -103,17 +107,6 @@ def domainbed_adam(learning_rate: float, weight_decay: float, beta1: float) -> o
         optax.scale_by_adam(b1=beta1, b2=0.9, eps=1e-8),
         optax.scale(-learning_rate),
     )
-
-
-def environment_batch(inputs: LossInputs, loss: str) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(z, y, env)``: the step's training environments' features, labels and environment indices, concatenated."""
-    views = labelled_views(inputs, loss)
-    if len(views) < 2:
-        raise LossError(f"{loss} needs at least 2 training environments (source='env_a,env_b,...'), got {len(views)}")
-    z = jnp.concatenate([v.features for v in views]).astype(jnp.float32)
-    y = jnp.concatenate([v.labels for v in views])
-    env = jnp.concatenate([jnp.full((v.features.shape[0],), i, jnp.int32) for i, v in enumerate(views)])
-    return z, y, env
 
 
 def discriminator_loss(

@@ -67,19 +67,28 @@ def environment_adversarial_loss(env_logits: jax.Array, env_labels: jax.Array, w
     return jnp.mean(ce) if weights is None else jnp.sum(weights * ce)
 
 
+def environment_batch(inputs: LossInputs, loss: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(z, y, env)``: the step's training environments' features, labels and environment indices, concatenated.
+
+    Raises:
+      LossError: naming ``loss`` when there are fewer than 2 training environments.
+    """
+    views = labelled_views(inputs, loss)
+    if len(views) < 2:
+        raise LossError(f"{loss} needs at least 2 training environments (source='env_a,env_b,...'), got {len(views)}")
+    z = jnp.concatenate([v.features for v in views]).astype(jnp.float32)
+    y = jnp.concatenate([v.labels for v in views])
+    env = jnp.concatenate([jnp.full((v.features.shape[0],), i, jnp.int32) for i, v in enumerate(views)])
+    return z, y, env
+
+
 def _make_term(name: str, conditional: bool, dann_lambda: float, mlp_width: int, mlp_depth: int) -> StatefulTerm:
     check_positive(dann_lambda, "dann_lambda", name)
     if mlp_depth < 2 or mlp_width < 1:
         raise LossError(f"{name}: mlp_depth must be >= 2 and mlp_width >= 1, got {mlp_depth} and {mlp_width}")
 
     def views_of(inputs: LossInputs) -> tuple[jax.Array, jax.Array, jax.Array]:
-        views = labelled_views(inputs, name)
-        if len(views) < 2:
-            raise LossError(f"{name} needs at least 2 training environments (source='env_a,env_b,...'), got {len(views)}")
-        z = jnp.concatenate([v.features for v in views]).astype(jnp.float32)
-        y = jnp.concatenate([v.labels for v in views])
-        env = jnp.concatenate([jnp.full((v.features.shape[0],), i, jnp.int32) for i, v in enumerate(views)])
-        return z, y, env
+        return environment_batch(inputs, name)
 
     def init(key: jax.Array, inputs: LossInputs) -> TermState:
         z, _, _ = views_of(inputs)
