@@ -179,8 +179,8 @@ def make_adda_step(
 
         def adapt_phase() -> tuple[Any, Any, Any, Any, Metrics]:
             switch = state.step == hp.pretrain_steps
-            source_encoder = jax.tree.map(lambda c, s: jnp.where(switch, c, s), encoder_params(params["model"]),
-                                          adda_state["source_encoder"])
+            source_encoder = jax.lax.cond(switch, lambda: encoder_params(params["model"]),  # no per-step tree select
+                                          lambda: adda_state["source_encoder"])
             opt_state = state.opt_state
             if hp.reset_optimizer:  # tllib's fresh optimiser and schedule for the adaptation
                 opt_state = jax.lax.cond(switch, lambda: tx.init(params), lambda: opt_state)
