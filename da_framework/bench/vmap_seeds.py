@@ -34,6 +34,7 @@ import numpy as np
 from da_framework.config import ConfigError, ExperimentConfig
 from da_framework.train.evaluate import make_predict_fn
 from da_framework.train.loop import RunResult, batch_streams, build, check_finite, evaluate_state, init_state
+from da_framework.train.target_pass import TargetPassStep
 
 
 def _stack(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, jax.Array]:
@@ -86,7 +87,8 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int], execution: str =
       ``compile_count`` counts traces of the shared step.
 
     Raises:
-      ConfigError: for an empty or repeated seed list, multi-device or checkpointing configs.
+      ConfigError: for an empty or repeated seed list, multi-device or checkpointing configs, or a
+        trainer with target passes (SHOT).
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -96,6 +98,9 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int], execution: str =
     mode = resolve_execution(execution)
     start = time.perf_counter()
     exp = build(config)
+    if isinstance(exp.step, TargetPassStep):
+        raise ConfigError(f"trainer of {config.method!r} reads the whole target split between steps "
+                          "(train/target_pass.py), which vmapped seeds do not run; run its seeds separately")
     streams = [batch_streams(exp, s, config.batch_size) for s in seeds]
     keys = [jax.random.split(jax.random.key(s)) for s in seeds]  # per seed: (init key, step key), as in train()
     key_init = jnp.stack([k[0] for k in keys])

@@ -196,7 +196,9 @@ def batch_iterator(
       shuffle: reshuffle every epoch.
       repeat: cycle forever (training) rather than stop after one epoch.
       drop_remainder: drop a last incomplete batch.
-      fields: keep only these record fields (default: all).
+      fields: keep only these record fields (default: all).  ``"index"`` (:data:`INDEX`),
+        when the source has no such field, is each example's int32 position in ``source``
+        (what a trainer that keeps per-example state, such as SHOT's pseudo-labels, reads).
       workers: grain worker processes that read and preprocess batches (catalog sources
         only; 0: in this process).  Worker outputs are interleaved in order, so the
         stream does not depend on ``workers``.
@@ -222,8 +224,15 @@ def batch_iterator(
     yield from _grain_batches(source, batch_size, seed, shuffle, repeat, drop_remainder, fields, workers, read_threads)
 
 
-def _select(batch: Batch, fields: Sequence[str] | None) -> Batch:
-    return batch if fields is None else {k: batch[k] for k in fields}
+INDEX = "index"
+
+
+def _select(batch: Batch, fields: Sequence[str] | None, positions: np.ndarray | None = None) -> Batch:
+    if fields is None:
+        return batch
+    if INDEX in fields and INDEX not in batch and positions is not None:
+        batch = {**batch, INDEX: positions.astype(np.int32)}
+    return {k: batch[k] for k in fields}
 
 
 def _array_batches(
@@ -243,11 +252,12 @@ def _array_batches(
         order = np.concatenate([carry, order])
         stop = len(order) - len(order) % batch_size
         for start in range(0, stop, batch_size):
-            yield _select(source.gather(order[start : start + batch_size]), fields)
+            picked = order[start : start + batch_size]
+            yield _select(source.gather(picked), fields, picked)
         carry = order[stop:]
         if not repeat:
             if len(carry) and not drop_remainder:
-                yield _select(source.gather(carry), fields)
+                yield _select(source.gather(carry), fields, carry)
             return
 
 
@@ -266,6 +276,11 @@ def _grain_batches(
 
     random_fn = source.fn if isinstance(source, RandomMappedSource) else None
     ds = grain.MapDataset.source(source.source if random_fn is not None else source)
+    if fields is not None and INDEX in fields:  # each record's position, before the shuffle
+        ds = ds.map_with_index(lambda i, r: r if INDEX in r else {**r, INDEX: np.int32(i)})
+        if random_fn is not None:
+            base_fn = random_fn
+            random_fn = lambda r, rng: {**base_fn(r, rng), INDEX: r[INDEX]}
     if fields is not None and random_fn is None:
         keep = tuple(fields)
         ds = ds.map(lambda r: {k: r[k] for k in keep})

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from da_framework.config import ExperimentConfig
-from da_framework.data.domain import Domain, DomainError, batch_iterator
+from da_framework.data.domain import INDEX, Domain, DomainError, batch_iterator
 from da_framework.data.prefetch import prefetch_to_device
 from da_framework.data.registry import get_domain
 from da_framework.models.registry import LOAD_KEYS, build_kwargs, make_model
@@ -40,6 +40,7 @@ from da_framework.train.optimizers import make_optimizer
 from da_framework.train.parallel import ParallelError, make_mesh, replicate, shard_batch
 from da_framework.train.state import TrainState, init_train_state
 from da_framework.train.step import TrainStep
+from da_framework.train.target_pass import TargetPassStep, target_outputs
 from da_framework.train.trainers import get_trainer
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -149,9 +150,10 @@ def batch_streams(exp: Experiment, stream: int, batch_size: int) -> tuple[Any, A
     The source stream is seeded ``2 * stream``, the target stream ``2 * stream + 1``.
     """
     c, x_key = exp.config, exp.input_key
-    reading = dict(workers=c.data_workers, read_threads=c.data_threads)
+    reading = {"workers": c.data_workers, "read_threads": c.data_threads}
     src = joint_batches(list(exp.sources), batch_size, 2 * stream, (x_key, "label"), reading)
-    tgt = joint_batches(list(exp.targets), batch_size, 2 * stream + 1, (x_key,), reading)
+    t_fields = (x_key, INDEX) if isinstance(exp.step, TargetPassStep) else (x_key,)
+    tgt = joint_batches(list(exp.targets), batch_size, 2 * stream + 1, t_fields, reading)
     return src, tgt
 
 
@@ -250,6 +252,13 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
     state = jax.jit(functools.partial(init_state, exp))(key_init, first_s, first_t, pretrained)
     history: list[dict[str, Any]] = []
     s_batch, t_batch = first_s, first_t
+    passes = exp.step if isinstance(exp.step, TargetPassStep) else None
+    if passes is not None:  # per-example state sized before the step compiles (train/target_pass.py)
+        if len(exp.targets) != 1:
+            raise DomainError(f"trainer {config.trainer!r} of {config.method!r} reads one target domain, got "
+                              f"{len(exp.targets)}; name one target")
+        pass_split = exp.targets[0].split("train")
+        state = passes.prepare(state, len(pass_split))
     ckpt, start_step = open_checkpoints(config), 0
     restored = restore_latest(ckpt, state, config) if ckpt is not None else None
     if restored is not None:  # resume: data streams are deterministic, fast-forward them
@@ -286,6 +295,12 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
 
     for i in range(start_step, config.steps):
         s_dev, t_dev = next(batches)
+        if passes is not None and passes.due(i, len(pass_split), config.batch_size):
+            outputs = target_outputs(exp.model, state, pass_split, config.eval_batch_size, exp.input_key, predict,
+                                     config.data_workers, config.data_threads)
+            state = passes.refresh(state, outputs)
+            if mesh is not None:
+                state = replicate(state, mesh)
         state, metrics, first_bad = step_fn(state, s_dev, t_dev, key_steps, first_bad)
         if (i + 1) % config.log_every == 0 or i + 1 == config.steps:
             fetched, bad_step = jax.device_get((metrics, first_bad))

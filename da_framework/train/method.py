@@ -129,6 +129,10 @@ PRESETS: dict[str, str] = {
     "bsp": "cross_entropy + 1.0*dann + 0.0002*bsp",
     "afn": "cross_entropy + 0.05*afn",
     "m3sda": "cross_entropy + 1.0*m3sda",
+    # tim-learn/SHOT digit/: source training with label smoothing 0.1, then source-free
+    # adaptation (digit.sh: --cls_par 0.1); cls_par=0 is SHOT-IM without source data.
+    "shot": "cross_entropy(label_smoothing=0.1) + shot",
+    "shot_im_source_free": "cross_entropy(label_smoothing=0.1) + shot(cls_par=0.0)",
 }
 PRESETS["mmd"] = PRESETS["dan"]
 

@@ -26,6 +26,7 @@ from da_framework.methods.mcd import make_mcd_step
 from da_framework.methods.mldg import make_mldg_step
 from da_framework.methods.rsc import make_rsc_step
 from da_framework.methods.sandmask import make_sandmask_step
+from da_framework.methods.shot import make_shot_step
 from da_framework.train.method import Method
 from da_framework.train.step import StepBuilder, make_train_step
 
@@ -40,6 +41,7 @@ TRAINERS: dict[str, StepBuilder] = {
     "rsc": make_rsc_step,
     "adda": make_adda_step,
     "dann_alt": make_dann_alt_step,
+    "shot": make_shot_step,
 }
 
 
