@@ -26,7 +26,8 @@ the pretrained encoder at the first adaptation step.  Hyper-parameters: ``pretra
 (tllib's adaptation phase builds a fresh SGD optimiser and learning-rate schedule).
 
 Differences from tllib: D is the project's :class:`~da_framework.losses.adversarial.DomainDiscriminator`
-(Dense-ReLU x 2, no BatchNorm; tllib's has BatchNorm1d after each hidden layer); one optimiser and
+(Dense-ReLU x 2, no BatchNorm by default; tllib's has BatchNorm1d after each hidden layer, which
+``disc_batch_norm=True`` adds, normalising by the batch's statistics); one optimiser and
 schedule (the run's) serve both phases, restarted at the switch when ``reset_optimizer``; the
 term's weight in the method spec scales the adversarial loss (tllib has no trade-off, i.e. 1).
 """
@@ -40,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.adversarial import DomainDiscriminator, domain_adversarial_loss
+from da_framework.losses.adversarial import DomainDiscriminator, checked_flag, domain_adversarial_loss
 from da_framework.losses.checks import check_feature_pair
 from da_framework.losses.dg_trainers import checked_number
 from da_framework.losses.registry import LossError, LossInputs, StatefulTerm, TermState, register_stateful_loss
@@ -60,6 +61,7 @@ class AddaHparams(NamedTuple):
     max_iters: int
     hidden_size: int
     reset_optimizer: bool
+    disc_batch_norm: bool = False
 
 
 def _finite(v: float) -> bool:
@@ -87,6 +89,7 @@ def check_hparams(**hp: Any) -> AddaHparams:
         max_iters=_integer(hp["max_iters"], "max_iters", 1),
         hidden_size=_integer(hp["hidden_size"], "hidden_size", 1),
         reset_optimizer=hp["reset_optimizer"],
+        disc_batch_norm=checked_flag(hp.get("disc_batch_norm", False), "adda", "disc_batch_norm"),
     )
 
 
@@ -99,9 +102,10 @@ def warm_start_coeff(iteration: jax.Array, alpha: float, lo: float, hi: float, m
     return 2.0 * (hi - lo) / (1.0 + jnp.exp(-alpha * i / max_iters)) - (hi - lo) + lo
 
 
-def discriminator(hidden_size: int) -> DomainDiscriminator:
-    """ADDA's domain discriminator D: two hidden layers of ``hidden_size`` units (tllib's layout, no BatchNorm)."""
-    return DomainDiscriminator(hidden=(hidden_size, hidden_size))
+def discriminator(hidden_size: int, batch_norm: bool = False) -> DomainDiscriminator:
+    """ADDA's domain discriminator D: two hidden layers of ``hidden_size`` units, each followed by a
+    batch normalisation when ``batch_norm`` (tllib's layout: ``batch_norm=True``)."""
+    return DomainDiscriminator(hidden=(hidden_size, hidden_size), batch_norm=batch_norm)
 
 
 def inverted_label_loss(target_domain_logits: jax.Array) -> jax.Array:
@@ -133,7 +137,7 @@ def encoder_params(model_params: Any) -> dict[str, Any]:
 )
 def adda_term(
     pretrain_steps: int = 3000, adversarial: str = "grl", alpha: float = 1.0, lo: float = 0.0, hi: float = 2.0,
-    max_iters: int = 1000, hidden_size: int = 1024, reset_optimizer: bool = True,
+    max_iters: int = 1000, hidden_size: int = 1024, reset_optimizer: bool = True, disc_batch_norm: bool = False,
 ) -> StatefulTerm:
     """D (its parameters are the term's) and the frozen source encoder (its state); as a term, D's loss L_D.
 
@@ -142,8 +146,9 @@ def adda_term(
     features, with D's accuracy as a metric.
     """
     hp = check_hparams(pretrain_steps=pretrain_steps, adversarial=adversarial, alpha=alpha, lo=lo, hi=hi,
-                       max_iters=max_iters, hidden_size=hidden_size, reset_optimizer=reset_optimizer)
-    disc = discriminator(hp.hidden_size)
+                       max_iters=max_iters, hidden_size=hidden_size, reset_optimizer=reset_optimizer,
+                       disc_batch_norm=disc_batch_norm)
+    disc = discriminator(hp.hidden_size, hp.disc_batch_norm)
 
     def init(key: jax.Array, inputs: LossInputs) -> TermState:
         if inputs.params is None:

@@ -59,6 +59,20 @@ def dann_ramp(progress: jax.Array | float, gamma: float = 10.0) -> jax.Array:
     return 2.0 / (1.0 + jnp.exp(-gamma * jnp.asarray(progress, jnp.float32))) - 1.0
 
 
+def discriminator_width(value: Any, loss: str) -> int:
+    """``value`` if it is an integer >= 1 (a discriminator's hidden width), else a one-line LossError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LossError(f"{loss}: hidden_size must be an integer >= 1, got {value!r}")
+    return value
+
+
+def checked_flag(value: Any, loss: str, name: str) -> bool:
+    """``value`` if it is True or False, else a one-line LossError."""
+    if not isinstance(value, bool):
+        raise LossError(f"{loss}: {name} must be True or False, got {value!r}")
+    return value
+
+
 def domain_adversarial_loss(source_domain_logits: jax.Array, target_domain_logits: jax.Array) -> jax.Array:
     """Binary cross-entropy of a domain classifier: source is class 1, target class 0.
 
@@ -78,16 +92,42 @@ def domain_adversarial_loss(source_domain_logits: jax.Array, target_domain_logit
     return 0.5 * (loss_s + loss_t)
 
 
+class BatchStatNorm(nn.Module):
+    """Batch normalisation by the batch's own statistics, with a learnt scale and bias.
+
+    What PyTorch's ``BatchNorm1d`` computes in training mode: ``(x - mean) / sqrt(var + eps)``
+    over the batch axis, ``var`` the biased variance, then ``scale * . + bias``.  No running
+    averages are kept: a discriminator is only ever run in training mode.
+    """
+
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises (n, d) features over the n axis."""
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        mean = jnp.mean(x, axis=0)
+        var = jnp.mean(jnp.square(x - mean), axis=0)
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+
+
 class DomainDiscriminator(nn.Module):
-    """MLP domain classifier: Dense -> ReLU blocks -> one logit (DANN's D)."""
+    """MLP domain classifier: Dense -> ReLU blocks -> one logit (DANN's D).
+
+    ``batch_norm``: Dense -> BatchNorm -> ReLU blocks, tllib's ``DomainDiscriminator`` layout
+    (``batch_norm=True``, its default), with the batch's statistics (:class:`BatchStatNorm`).
+    """
 
     hidden: Sequence[int] = (256, 256)
+    batch_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps features (n, d) to domain logits (n,)."""
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width)(x))
+            x = nn.Dense(width)(x)
+            x = nn.relu(BatchStatNorm()(x) if self.batch_norm else x)
         return nn.Dense(1)(x)[:, 0]
 
 
@@ -96,12 +136,16 @@ class DomainDiscriminator(nn.Module):
     description="domain-adversarial loss through gradient reversal, DANN ramp on lambda",
     reference="Ganin et al., 'Domain-Adversarial Training of Neural Networks', JMLR 2016",
 )
-def dann_term(gamma: float = 10.0, max_coeff: float = 1.0) -> StatefulTerm:
+def dann_term(gamma: float = 10.0, max_coeff: float = 1.0, hidden_size: int = 256,
+              disc_batch_norm: bool = False) -> StatefulTerm:
     """DANN: the discriminator (the term's parameters) on gradient-reversed source and target features.
 
     The reversal coefficient follows DANN's ramp ``max_coeff * (2 / (1 + exp(-gamma p)) - 1)``.
+    ``hidden_size`` is the width of D's two hidden layers; ``disc_batch_norm`` puts a batch
+    normalisation after each (tllib's D: ``hidden_size=1024, disc_batch_norm=True``).
     """
-    discriminator = DomainDiscriminator()
+    discriminator = DomainDiscriminator((discriminator_width(hidden_size, "dann"),) * 2,
+                                        checked_flag(disc_batch_norm, "dann", "disc_batch_norm"))
 
     def init(key: jax.Array, inputs: LossInputs) -> TermState:
         return TermState(params=discriminator.init(key, inputs.source_features)["params"])

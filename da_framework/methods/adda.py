@@ -127,7 +127,7 @@ def make_adda_step(
     """
     term, pretrain = _check_method(method, total_steps, compute_dtype, num_sources, num_targets)
     hp = check_hparams(**{**get_loss(TRAINER).hparams, **dict(term.hparams)})
-    key_, weight, disc = term.key, float(term.weight), discriminator(hp.hidden_size)
+    key_, weight, disc = term.key, float(term.weight), discriminator(hp.hidden_size, hp.disc_batch_norm)
 
     def run(params: Any, model_state: Any, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
         """Training-mode forward: ``(logits, features, new model state)``."""
