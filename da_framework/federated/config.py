@@ -55,7 +55,7 @@ class FedConfig:
       eval_every: evaluate the global model every this many rounds (0: only at the end).
       num_devices: devices the client axis is sharded over.
       client_execution: how the compiled round runs its clients: ``"auto"`` (default:
-        ``"scan"`` for models with convolutions on CPU, else ``"vmap"``), ``"vmap"`` (all
+        ``"scan"`` on CPU, ``"vmap"`` on accelerators), ``"vmap"`` (all
         at once), ``"scan"`` (one after another, each for its own number of steps) or
         ``"chunk"`` (``client_chunk`` vmapped clients at a time); see
         :mod:`da_framework.federated.execution`.  Same results, different speed.

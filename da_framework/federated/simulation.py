@@ -298,7 +298,7 @@ def make_round_fn(
     ``strategy`` says how the clients run (:mod:`da_framework.federated.execution`):
     ``"vmap"`` (all at once), ``"scan"`` (one after another, each for its own number of
     steps), ``"chunk"`` (``client_chunk`` vmapped clients at a time, sorted by size) or
-    ``"auto"`` (scan for models with convolutions on CPU, else vmap; a given
+    ``"auto"`` (scan on CPU, vmap on accelerators; a given
     ``client_chunk`` means chunk).  ``input_shape`` (one example's shape) lets ``"auto"``
     look for convolutions without waiting for data; without it the model is traced on the
     first call's data.  The result is the same either way, up to float rounding.
