@@ -118,6 +118,15 @@ LOSS_SPACES: dict[str, dict[str, str]] = {
     "eqrm": {"eqrm_quantile": "uniform(0.5, 0.99)", "eqrm_burnin_iters": "log10_uniform(2.5, 3.5)"},  # eqrm_lr: not reproduced
     "cad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
     "condcad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
+    "sagnet": {"sag_w_adv": "log10_uniform(-2, 1)"},
+    "mtl": {"mtl_ema": "choice([0.5, 0.9, 0.99, 1.0])"},
+}
+# Algorithms that need their own model (sweep ``method_settings``).  ARM's support groups are its
+# per-environment batches, so its batch size stays DomainBed's default 64 (not searched: a
+# sampled batch_size would have to move model_kwargs support_size with it).
+ALGORITHM_SETTINGS: dict[str, dict[str, Any]] = {
+    "mtl": {"model": "mtl", "model_kwargs": {"featurizer": "mnist_cnn"}},
+    "arm": {"model": "arm", "model_kwargs": {"featurizer": "mnist_cnn", "support_size": 64}, "batch_size": 64},
 }
 
 
@@ -125,11 +134,14 @@ def domainbed_space(method: str) -> dict[str, str]:
     """DomainBed's random-search space of ``method`` (a method spec): learning rate and batch
     size, plus every term's own hyper-parameters, keyed as sweep grid keys (``irm.irm_lambda``).
 
-    A term whose hyper-parameters DomainBed does not search (``cross_entropy``) adds nothing.
+    A term whose hyper-parameters DomainBed does not search (``cross_entropy``) adds nothing;
+    a method whose :data:`ALGORITHM_SETTINGS` fix ``batch_size`` (ARM) does not search it.
     """
     from da_framework.train.method import parse_method
 
     space = dict(COMMON_SPACE)
+    if "batch_size" in ALGORITHM_SETTINGS.get(method, {}):
+        del space["batch_size"]
     for term in parse_method(method).terms:
         space.update({f"{term.key}.{k}": v for k, v in LOSS_SPACES.get(term.loss, {}).items()})
     return space
@@ -145,6 +157,7 @@ ALGORITHMS: dict[str, str] = {
     "DANN_grl": "cross_entropy + dann_envs", "CDANN_grl": "cross_entropy + cdann_envs",  # one update through a GRL
     "MLDG": "mldg", "Fish": "fish", "ANDMask": "andmask", "SANDMask": "sandmask", "IGA": "iga", "RSC": "rsc",
     "Fishr": "cross_entropy + fishr", "SelfReg": "cross_entropy + selfreg", "EQRM": "eqrm",
+    "SagNet": "sagnet", "MTL": "mtl", "ARM": "arm",
 }
 
 
@@ -171,6 +184,7 @@ def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int
         "name": f"{family}_domainbed" + ("" if (steps, samples) == (5001, 20) else f"_steps{steps}_samples{samples}"),
         "base": base,
         "methods": methods,
+        "method_settings": {m: ALGORITHM_SETTINGS[m] for m in methods if m in ALGORITHM_SETTINGS},
         "pairs": domainbed_pairs(family, leave_one_out),
         "seeds": list(seeds),
         "search": {"samples": samples, "seed": search_seed, "per_trial": per_trial,

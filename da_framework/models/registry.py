@@ -8,10 +8,12 @@ from typing import Any
 import flax.linen as nn
 
 from da_framework.errors import UserError
+from da_framework.models.arm import ARMFeaturizer
 from da_framework.models.classifier import BOTTLENECK_NORMS, Classifier, check_head
 from da_framework.models.lenet import LeNet, lenet_tllib
 from da_framework.models.mlp import MLP
 from da_framework.models.mnist_cnn import MNISTCNN
+from da_framework.models.mtl import MTLFeaturizer
 from da_framework.models.resnet import ResNet8, ResNet18, ResNet20, ResNet50
 from da_framework.models.text import BiLSTM, TextCNN
 from da_framework.models.vit import ViTB16, ViTTiny
@@ -29,6 +31,8 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "vit_b16": (ViTB16, "ViT-Base/16 (Dosovitskiy et al. 2021), 768 features"),
     "text_cnn": (TextCNN, "token ids: embedding + 1-D convolutions (3, 5) + max-pool"),
     "bilstm": (BiLSTM, "token ids: embedding + bidirectional LSTM + mean-pool"),
+    "arm": (ARMFeaturizer, "DomainBed's ARM-CML: featurizer([x, support-group mean of a context net's map])"),
+    "mtl": (MTLFeaturizer, "DomainBed's MTL: [featurizer(x), its mean over the batch]"),
 }
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 from da_framework.losses.registry import LossError, get_loss
 from da_framework.methods.adda import make_adda_step
 from da_framework.methods.andmask import make_andmask_step
+from da_framework.methods.arm import make_arm_step
 from da_framework.methods.dann_alternating import make_dann_alt_step
 from da_framework.methods.fish import make_fish_step
 from da_framework.methods.iga import make_iga_step
 from da_framework.methods.mcd import make_mcd_step
 from da_framework.methods.mldg import make_mldg_step
 from da_framework.methods.rsc import make_rsc_step
+from da_framework.methods.sagnet import make_sagnet_step
 from da_framework.methods.sandmask import make_sandmask_step
 from da_framework.methods.shot import make_shot_step
 from da_framework.train.method import Method
@@ -41,6 +43,8 @@ TRAINERS: dict[str, StepBuilder] = {
     "rsc": make_rsc_step,
     "adda": make_adda_step,
     "dann_alt": make_dann_alt_step,
+    "sagnet": make_sagnet_step,
+    "arm": make_arm_step,
     "shot": make_shot_step,
 }
 
