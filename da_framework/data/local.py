@@ -18,6 +18,10 @@ shared data folder, so ``DA_DATA_DIR=../shared/data`` works as is.  Files read h
 ``mnist_m``  ``mnist_m/mnist_m.npz``: x_train (59001, 28, 28, 3), x_test (9001, 28, 28, 3)
 ===========  =================================================================
 
+Same path layout, read by their own modules: ``cifar10_4class/cifar10_4class.npz``
+(:mod:`da_framework.data.local_cifar`) and ``imdb/imdb.npz`` (raw text,
+:mod:`da_framework.data.local_imdb`), both with per-class train/val splits.
+
 Producing a file from the original data (not fetched by us): USPS from the LIBSVM copies
 ``usps.bz2``/``usps.t.bz2`` (Hull, TPAMI 1994; features in [-1, 1], labels 1-10) with
 ``x = ((X.toarray().reshape(-1, 16, 16) + 1) * 127.5).round().astype(np.uint8)``,

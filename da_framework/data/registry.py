@@ -104,6 +104,8 @@ BUILTIN_DOMAIN_MODULES = (
     "da_framework.data.catalog",
     "da_framework.data.digits",
     "da_framework.data.local",
+    "da_framework.data.local_cifar",
+    "da_framework.data.local_imdb",
     "da_framework.data.image_folder",
     "da_framework.data.image_datasets",
     "da_framework.data.text_synthetic",
