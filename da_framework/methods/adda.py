@@ -57,7 +57,7 @@ from da_framework.methods.mcd import masked_update
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import LossTerm, Method
 from da_framework.train.state import TrainState
-from da_framework.train.step import Metrics, TrainStep, make_apply_model
+from da_framework.train.step import Metrics, TrainStep, make_apply_model, train_forward
 
 
 def parameter_masks(params: Mapping[str, Any], term_key: str) -> dict[str, Any]:
@@ -130,12 +130,7 @@ def make_adda_step(
     key_, weight, disc = term.key, float(term.weight), discriminator(hp.hidden_size, hp.disc_batch_norm)
 
     def run(params: Any, model_state: Any, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
-        """Training-mode forward: ``(logits, features, new model state)``."""
-        mutable = list(model_state)
-        out = model.apply({"params": params, **model_state}, x, train=True, rngs={"dropout": key},
-                          mutable=mutable if mutable else False)
-        (logits, feats), new_state = out if mutable else (out, {})
-        return logits, feats, dict(new_state) if mutable else model_state
+        return train_forward(model, params, model_state, x, key)
 
     def ce_inputs(state: TrainState, params: Any, logits: jax.Array, feats: jax.Array, ys: jax.Array,
                   xs: jax.Array, xt: jax.Array, key: jax.Array) -> LossInputs:

@@ -15,6 +15,7 @@ import optax
 
 from da_framework.losses.arm import TRAINER, arm_support_size
 from da_framework.losses.classification import cross_entropy
+from da_framework.losses.dg_trainers import make_environment_loss
 from da_framework.losses.registry import LossError
 
 
@@ -51,14 +52,7 @@ def make_arm_step(
     term = method.terms[0]
     schedule = get_schedule(term.schedule)
 
-    def loss_fn(params: Any, model_state: Any, x: jax.Array, y: jax.Array, key: jax.Array,
-                scale: jax.Array) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
-        mutable = list(model_state)
-        out = model.apply({"params": params["model"], **model_state}, x, train=True, rngs={"dropout": key},
-                          mutable=mutable if mutable else False)
-        (logits, _), new_state = out if mutable else (out, model_state)
-        ce = cross_entropy(logits, y)
-        return scale * ce, (dict(new_state) if mutable else model_state, logits, ce)
+    loss_fn = make_environment_loss(model)  # scale * CE of one training-mode forward
 
     def step(state: Any, source_batch: Mapping[str, jax.Array], target_batch: Mapping[str, jax.Array],
              key: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
@@ -70,12 +64,12 @@ def make_arm_step(
                             f"model_kwargs support_size {support}; set them equal")
         progress = jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0)
         scale = term.weight * schedule(progress)
-        (total, (model_state, logits, ce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (total, (model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state, x, y, key, scale)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   model_state=model_state, opt_state=opt_state)
-        metrics = {"loss": total, f"loss/{term.key}": ce, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": total, f"loss/{term.key}": cross_entropy(logits, y), "grad_norm": optax.global_norm(grads),
                    "source_train_accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
         return new_state, metrics
 

@@ -49,7 +49,7 @@ from da_framework.methods.mcd import masked_update
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import LossTerm, Method
 from da_framework.train.state import TrainState
-from da_framework.train.step import Metrics, make_apply_model
+from da_framework.train.step import Metrics, make_apply_model, train_forward
 from da_framework.train.target_pass import TargetPassStep
 
 
@@ -106,14 +106,6 @@ class ShotStep(TargetPassStep):
         table = {**state.term_states[self.key], "labels": labels, "label_accuracy": accuracy}
         return state.replace(term_states={**state.term_states, self.key: table})
 
-    def _run(self, params: Any, model_state: Any, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
-        """Training-mode forward: ``(logits, features, new model state)``."""
-        mutable = list(model_state)
-        out = self.model.apply({"params": params, **model_state}, x, train=True, rngs={"dropout": key},
-                               mutable=mutable if mutable else False)
-        (logits, feats), new_state = out if mutable else (out, {})
-        return logits, feats, dict(new_state) if mutable else model_state
-
     def __call__(self, state: TrainState, source_batch: Mapping[str, jax.Array],
                  target_batch: Mapping[str, jax.Array], key: jax.Array) -> tuple[TrainState, Metrics]:
         """One SHOT step ``(state, source_batch, target_batch, key) -> (state, metrics)``."""
@@ -132,7 +124,7 @@ class ShotStep(TargetPassStep):
 
         def source_phase() -> tuple[Any, Any, Any, Metrics]:
             def objective(p: Any) -> tuple[jax.Array, Any]:
-                logits, feats, model_state = self._run(p["model"], state.model_state, xs, k_run)
+                logits, feats, model_state = train_forward(self.model, p["model"], state.model_state, xs, k_run)
                 inputs = LossInputs(
                     source_features=feats, target_features=feats[:0], source_logits=logits,
                     target_logits=logits[:0], source_labels=ys, progress=progress, key=k_loss, source_inputs=xs,
@@ -157,7 +149,7 @@ class ShotStep(TargetPassStep):
             pseudo = table["labels"][target_batch[INDEX]]
 
             def objective(p: Any) -> tuple[jax.Array, Any]:
-                logits, _, model_state = self._run(p["model"], state.model_state, xt, k_run)
+                logits, _, model_state = train_forward(self.model, p["model"], state.model_state, xt, k_run)
                 loss, parts = shot_target_loss(logits, pseudo, hp.cls_par, hp.ent_par, hp.diversity_weight)
                 return loss, (parts, model_state)
 

@@ -29,6 +29,20 @@ TrainStep = Callable[[TrainState, Mapping[str, jax.Array], Mapping[str, jax.Arra
 StepBuilder = Callable[..., TrainStep]
 
 
+def train_forward(model: Classifier, params: Any, model_state: Mapping[str, Any], x: jax.Array,
+                  key: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
+    """Training-mode ``model`` on ``x`` with dropout from ``key``: ``(logits, features, new model state)``.
+
+    The new state holds the pass's normalisation statistics (``model_state`` itself when the
+    model has none).  What a trainer with its own update calls for each forward pass.
+    """
+    mutable = list(model_state)
+    out = model.apply({"params": params, **model_state}, x, train=True, rngs={"dropout": key},
+                      mutable=mutable if mutable else False)
+    (logits, feats), new_state = out if mutable else (out, {})
+    return logits, feats, dict(new_state) if mutable else model_state
+
+
 def make_apply_model(
     model: Classifier,
     model_state: Mapping[str, Any],
