@@ -6,7 +6,9 @@ align.  Parameters live under the names ``backbone``, ``bottleneck`` and ``head`
 transfer, freezing and per-part learning rates can address them by path.
 
 The head is one Dense layer by default; ``head_hidden=(1024, 1024)`` makes it tllib's MCD
-``ImageClassifierHead`` (:class:`DeepHead`), still under the name ``head``.
+``ImageClassifierHead`` (:class:`DeepHead`), still under the name ``head``, and
+``head_weight_norm=True`` a weight-normalised linear layer (SHOT's hypothesis,
+:class:`~da_framework.models.weight_norm.WeightNormDense`).
 """
 
 from __future__ import annotations
@@ -17,23 +19,27 @@ import jax.numpy as jnp
 
 from da_framework.errors import UserError
 from da_framework.models.batchnorm import BatchNorm
+from da_framework.models.weight_norm import WeightNormDense
 
 BOTTLENECK_NORMS = ("layer", "batch", "none")
 HEAD_NORMS = ("batch", "none")
 
 
 class Bottleneck(nn.Module):
-    """Dense -> norm -> ReLU projection of backbone features.
+    """Dense -> norm -> ReLU [-> dropout] projection of backbone features.
 
     ``norm="layer"`` (the default) is a LayerNorm; ``norm="batch"`` is tllib's bottleneck
     (``Linear -> BatchNorm1d -> ReLU``, its ``ImageClassifier``): a torch-style BatchNorm over
     the step's whole batch (source and target together) with running statistics in
-    ``batch_stats``; ``"none"`` drops the norm.
+    ``batch_stats``; ``"none"`` drops the norm.  ``relu=False`` drops the ReLU: with
+    ``norm="batch", dropout=0.5`` it is SHOT's ``feat_bottleneck(type="bn")``
+    (``Linear -> BatchNorm1d -> Dropout(0.5)``, tim-learn/SHOT ``digit/network.py``).
     """
 
     features: int
     dropout: float = 0.0
     norm: str = "layer"
+    relu: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -45,7 +51,8 @@ class Bottleneck(nn.Module):
             x = BatchNorm(use_running_average=not train)(x)
         elif self.norm != "none":
             raise UserError(f"unknown bottleneck norm {self.norm!r}; valid: {', '.join(BOTTLENECK_NORMS)}")
-        x = nn.relu(x)
+        if self.relu:
+            x = nn.relu(x)
         if self.dropout:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return x
@@ -113,6 +120,9 @@ class Classifier(nn.Module):
         these settings existed (same parameters, same numbers).
       head_dropout, head_norm: the deep head's dropout rate and norm (``"batch"`` or
         ``"none"``); read only when ``head_hidden`` is set.
+      head_weight_norm: a weight-normalised linear head (SHOT's); not with ``head_hidden``.
+      bottleneck_relu, bottleneck_dropout: the bottleneck's ReLU and dropout rate
+        (:class:`Bottleneck`; SHOT's is ``bottleneck_norm="batch"``, no ReLU, dropout 0.5).
     """
 
     backbone: nn.Module
@@ -122,10 +132,18 @@ class Classifier(nn.Module):
     head_hidden: tuple[int, ...] = ()
     head_dropout: float = 0.5
     head_norm: str = "batch"
+    head_weight_norm: bool = False
+    bottleneck_relu: bool = True
+    bottleneck_dropout: float = 0.0
 
     def setup(self) -> None:
-        self.bottleneck = Bottleneck(self.bottleneck_dim, norm=self.bottleneck_norm) if self.bottleneck_dim else None
-        if self.head_hidden:
+        self.bottleneck = (Bottleneck(self.bottleneck_dim, dropout=self.bottleneck_dropout, norm=self.bottleneck_norm,
+                                      relu=self.bottleneck_relu) if self.bottleneck_dim else None)
+        if self.head_hidden and self.head_weight_norm:
+            raise UserError("head_weight_norm is a linear head; drop head_hidden or head_weight_norm")
+        if self.head_weight_norm:
+            self.head = WeightNormDense(self.num_classes)
+        elif self.head_hidden:
             hidden = check_head(self.head_hidden, self.head_dropout, self.head_norm)
             self.head = DeepHead(self.num_classes, hidden, self.head_dropout, self.head_norm)
         else:

@@ -11,6 +11,10 @@ dropped: the mask is shared over H and W) and ``Dropout(0.5)`` after the dense R
 features are the 500-d output.  Not reproduced: PyTorch's default initialisation (uniform
 +-1/sqrt(fan_in) for weights and biases; flax uses LeCun-normal weights and zero biases).
 
+``lenet_shot`` (:func:`lenet_shot`): SHOT's digits ``LeNetBase`` (tim-learn/SHOT
+``digit/network.py``): tllib's convolutions and ``Dropout2d(0.5)`` with no dense layer, so the
+features are the 800 flattened values (``dense=0``).
+
 ``input_mean``/``input_std`` normalise the input, ``(x - mean) / std`` (tllib's digits
 scripts: ``--norm-mean 0.5 --norm-std 0.5`` on images in [0, 1]); the defaults 0 and 1 leave
 it unchanged.
@@ -33,7 +37,8 @@ class LeNet(nn.Module):
 
     Attributes:
       channels: output channels of the two convolutions.
-      dense: width of the final dense layer (the feature width).
+      dense: width of the final dense layer (the feature width); 0: no dense layer, the
+        features are the flattened convolution output.
       dropout: element-wise dropout rate after the last convolution (training only).
       padding: padding of the convolutions, ``"SAME"`` or ``"VALID"``.
       channel_dropout: channel dropout rate after the last convolution (PyTorch's
@@ -67,6 +72,8 @@ class LeNet(nn.Module):
             x = max_pool(x, (2, 2), strides=(2, 2))
             x = nn.relu(x)
         x = flatten_features(x)
+        if not self.dense:
+            return x
         x = nn.relu(nn.Dense(self.dense)(x))
         if self.dense_dropout:
             x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
@@ -80,3 +87,12 @@ def lenet_tllib(**overrides: Any) -> LeNet:
       **overrides: any :class:`LeNet` field, e.g. ``input_mean=0.5, input_std=0.5``.
     """
     return LeNet(**{"padding": "VALID", "channel_dropout": 0.5, "dense_dropout": 0.5, **overrides})
+
+
+def lenet_shot(**overrides: Any) -> LeNet:
+    """SHOT's digits LeNetBase: ``LeNet(padding="VALID", channel_dropout=0.5, dense=0)`` (800 features at 28x28).
+
+    Args:
+      **overrides: any :class:`LeNet` field, e.g. ``input_mean=0.5, input_std=0.5``.
+    """
+    return LeNet(**{"padding": "VALID", "channel_dropout": 0.5, "dense": 0, **overrides})

@@ -10,7 +10,7 @@ import flax.linen as nn
 from da_framework.errors import UserError
 from da_framework.models.arm import ARMFeaturizer
 from da_framework.models.classifier import BOTTLENECK_NORMS, Classifier, check_head
-from da_framework.models.lenet import LeNet, lenet_tllib
+from da_framework.models.lenet import LeNet, lenet_shot, lenet_tllib
 from da_framework.models.mlp import MLP
 from da_framework.models.mnist_cnn import MNISTCNN
 from da_framework.models.mtl import MTLFeaturizer
@@ -22,6 +22,7 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mlp": (MLP, "2-layer MLP (256, 256) on flattened inputs"),
     "lenet": (LeNet, "LeNet CNN for digits: conv20-conv50-dense500"),
     "lenet_tllib": (lenet_tllib, "tllib's digits LeNet: VALID convs, Dropout2d 0.5, 800 -> 500, Dropout 0.5"),
+    "lenet_shot": (lenet_shot, "SHOT's digits LeNetBase: VALID convs, Dropout2d 0.5, 800 features (no dense layer)"),
     "mnist_cnn": (MNISTCNN, "DomainBed's MNIST_CNN: 4 convs 64-128-128-128 with ReLU + GroupNorm(8), mean-pool, 128 features"),
     "resnet8": (ResNet8, "CIFAR-style ResNet-8, width 16"),
     "resnet20": (ResNet20, "CIFAR-style ResNet-20, width 16"),
@@ -45,11 +46,27 @@ class ModelError(UserError):
 LOAD_KEYS = ("pretrained", "pretrained_head")
 # model_kwargs that shape the classifier head (Classifier.head_hidden etc.), not the backbone.
 HEAD_KEYS = ("head_hidden", "head_dropout", "head_norm")
+# model_kwargs of the linear head and the bottleneck (Classifier's fields of the same names).
+CLASSIFIER_KEYS = ("head_weight_norm", "bottleneck_relu", "bottleneck_dropout")
 
 
 def build_kwargs(model_kwargs: Any) -> dict[str, Any]:
     """A config's ``model_kwargs`` without the loading keys (:data:`LOAD_KEYS`): the backbone's arguments."""
     return {k: v for k, v in dict(model_kwargs).items() if k not in LOAD_KEYS}
+
+
+def _classifier_kwargs(kw: dict[str, Any], deep_head: bool) -> dict[str, Any]:
+    """Checks the :data:`CLASSIFIER_KEYS` model_kwargs (one-line :class:`ModelError` for a bad value)."""
+    for name in ("head_weight_norm", "bottleneck_relu"):
+        if name in kw and not isinstance(kw[name], bool):
+            raise ModelError(f"model_kwargs {name} must be True or False, got {kw[name]!r}")
+    rate = kw.get("bottleneck_dropout", 0.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ModelError(f"model_kwargs bottleneck_dropout must be a rate in [0, 1), got {rate!r}")
+    if kw.get("head_weight_norm") and deep_head:
+        raise ModelError("model_kwargs head_weight_norm makes the head one weight-normalised linear layer; "
+                         "drop head_hidden or head_weight_norm")
+    return kw
 
 
 def make_model(
@@ -76,6 +93,8 @@ def make_model(
         raise ModelError(f"model_kwargs {', '.join(sorted(head))} need head_hidden, the deep head's widths, e.g. (1024, 1024)")
     if head:
         head["head_hidden"] = check_head(head["head_hidden"], head.get("head_dropout", 0.5), head.get("head_norm", "batch"))
+    head.update(_classifier_kwargs({k: backbone_kwargs.pop(k) for k in CLASSIFIER_KEYS if k in backbone_kwargs},
+                                   "head_hidden" in head))
     try:
         backbone = BACKBONES[name][0](**backbone_kwargs)
     except TypeError as e:
