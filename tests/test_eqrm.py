@@ -111,8 +111,8 @@ def test_burn_in_is_erm_then_the_quantile():
 
 
 def test_the_burn_in_step_resets_adam():
-    assert optimizer_resets(parse_method("eqrm")) == [(2500.0, 5001.0)]
-    assert optimizer_resets(parse_method("eqrm(eqrm_burnin_iters=3.7, steps_of=8)")) == [(3.7, 8.0)]
+    assert optimizer_resets(parse_method("eqrm")) == [(2500.0, 5001.0, 1e-6)]
+    assert optimizer_resets(parse_method("eqrm(eqrm_burnin_iters=3.7, steps_of=8)")) == [(3.7, 8.0, 1e-6)]
 
 
 @pytest.mark.parametrize("hparams, match", [
@@ -132,8 +132,10 @@ def test_bad_hyperparameters_are_one_line_errors(hparams, match):
 def test_one_environment_and_unknown_hyperparameters_are_refused():
     with pytest.raises(LossError, match="at least 2 training environments"):
         eqrm_term(_inputs([np.zeros((4, 3))], [np.arange(4) % 3], 0.0))
-    with pytest.raises(LossError, match="has no hyper-parameter 'eqrm_lr'"):
-        parse_method("eqrm(eqrm_lr=1e-6)")
+    with pytest.raises(LossError, match="eqrm_lr must be > 0"):
+        eqrm_term(_inputs([np.zeros((4, 3))] * 2, [np.arange(4) % 3] * 2, 0.0), eqrm_lr=0.0)
+    with pytest.raises(LossError, match="has no hyper-parameter 'eqrm_rate'"):
+        parse_method("eqrm(eqrm_rate=1e-6)")
 
 
 def test_eqrm_trains_by_name_over_three_rdigits_environments():
@@ -146,3 +148,58 @@ def test_eqrm_trains_by_name_over_three_rdigits_environments():
     values = [h["loss/eqrm"] for h in result.history if "loss/eqrm" in h]
     assert len(values) == 4 and np.isfinite(values).all()
     assert result.compile_count == 1
+
+
+def _np_adam_first_step(g: np.ndarray, lr: float, eps: float = 1e-8) -> np.ndarray:
+    """Adam's update from a fresh state in float64: m = (1-b1) g, v = (1-b2) g^2, bias-corrected."""
+    m_hat, v_hat = g, g * g
+    return -lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def test_the_burn_in_restarts_adam_at_eqrm_lr():
+    """Steps 0-1 train at the run's lr; the step at the burn-in starts a fresh Adam at eqrm_lr (DomainBed's)."""
+    from da_framework.models.registry import make_model
+    from da_framework.train.optimizers import build_optimizer
+    from da_framework.train.state import init_train_state
+    from da_framework.train.step import make_train_step
+
+    model = make_model("mlp", 3, None, hidden=(8,))
+    method = parse_method("eqrm(eqrm_burnin_iters=2, eqrm_lr=1e-5, steps_of=4)")
+    tx = build_optimizer("adam", 1e-2, inject_learning_rate=True)
+    rng = np.random.default_rng(0)
+    source = {"image": jnp.asarray(rng.normal(size=(18, 5)), jnp.float32),
+              "label": jnp.asarray(np.tile(np.arange(3), 6), jnp.int32)}
+    target = {"image": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)}
+    state = init_train_state(jax.random.key(0), model, method, tx, source["image"], target["image"], source["label"])
+    step = jax.jit(make_train_step(model, method, tx, total_steps=4, num_sources=3))
+    states = [state]
+    for s in range(4):
+        states.append(step(states[-1], source, target, jax.random.key(s))[0])
+
+    def grads(st):
+        def loss(params):
+            return make_train_step(model, method, tx, total_steps=4, num_sources=3)(
+                st.replace(params=params), source, target, jax.random.key(0))[1]["loss"]
+        return jax.grad(loss)(st.params)
+
+    def moved(a, b):
+        return np.concatenate([np.asarray(x, np.float64).ravel() - np.asarray(y, np.float64).ravel()
+                               for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params))])
+
+    g0 = np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(grads(states[0]))])
+    np.testing.assert_allclose(moved(states[1], states[0]), _np_adam_first_step(g0, 1e-2), rtol=1e-4, atol=1e-9)
+    g2 = np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(grads(states[2]))])
+    np.testing.assert_allclose(moved(states[3], states[2]), _np_adam_first_step(g2, 1e-5), rtol=0, atol=2e-7)  # float32 params: ulp ~1e-7
+    from optax import tree_utils
+
+    assert float(tree_utils.tree_get(states[4].opt_state, "learning_rate")) == pytest.approx(1e-5)
+
+
+def test_eqrm_lr_needs_a_constant_schedule():
+    from da_framework.train.optimizers import OptimizerError
+
+    config = ExperimentConfig(
+        source="rdigits/15,rdigits/30", target="rdigits/0", method="eqrm", steps=2, batch_size=8,
+        optimizer="adam", learning_rate=1e-3, lr_schedule="cosine", model="mlp", model_kwargs={"hidden": (16,)})
+    with pytest.raises(OptimizerError, match="needs lr_schedule='constant', got 'cosine'"):
+        train(config)

@@ -144,8 +144,8 @@ def test_moving_average_gradient_reaches_only_the_current_variance():
 
 
 def test_the_anneal_step_resets_adam():
-    assert optimizer_resets(parse_method("cross_entropy + fishr")) == [(1500.0, 5001.0)]
-    assert optimizer_resets(parse_method("cross_entropy + fishr(fishr_penalty_anneal_iters=7, steps_of=20)")) == [(7.0, 20.0)]
+    assert optimizer_resets(parse_method("cross_entropy + fishr")) == [(1500.0, 5001.0, None)]
+    assert optimizer_resets(parse_method("cross_entropy + fishr(fishr_penalty_anneal_iters=7, steps_of=20)")) == [(7.0, 20.0, None)]
 
 
 @pytest.mark.parametrize("spec, match", [

@@ -36,7 +36,7 @@ def test_reset_fires_once_at_domainbeds_update_count():
     assert fires == [False, True] + [False] * 8
     assert [bool(reset_fires(jnp.int32(s), 4, 2.0, 4.0)) for s in range(4)] == [False, False, True, False]
     assert not any(bool(reset_fires(jnp.int32(s), 4, 0.0, 4.0)) for s in range(4))  # step 0's state is fresh already
-    assert optimizer_resets(parse_method("cross_entropy + irm(irm_penalty_anneal_iters=7) + ib")) == [(7.0, 5001.0), (500.0, 5001.0)]
+    assert optimizer_resets(parse_method("cross_entropy + irm(irm_penalty_anneal_iters=7) + ib")) == [(7.0, 5001.0, None), (500.0, 5001.0, None)]
     assert optimizer_resets(parse_method("cross_entropy + coral_envs")) == []
 
 

@@ -115,7 +115,8 @@ LOSS_SPACES: dict[str, dict[str, str]] = {
     "rsc": {"rsc_f_drop_factor": "uniform(0, 0.5)", "rsc_b_drop_factor": "uniform(0, 0.5)"},
     "fishr": {"fishr_lambda": "log10_uniform(1, 4)", "fishr_penalty_anneal_iters": "int_uniform(0, 5000)",
               "fishr_ema": "uniform(0.9, 0.99)"},
-    "eqrm": {"eqrm_quantile": "uniform(0.5, 0.99)", "eqrm_burnin_iters": "log10_uniform(2.5, 3.5)"},  # eqrm_lr: not reproduced
+    "eqrm": {"eqrm_quantile": "uniform(0.5, 0.99)", "eqrm_burnin_iters": "log10_uniform(2.5, 3.5)",
+             "eqrm_lr": "log10_uniform(-7, -5)"},
     "cad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
     "condcad": {"lmbda": "choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])", "temperature": "choice([0.05, 0.1])"},
     "sagnet": {"sag_w_adv": "log10_uniform(-2, 1)"},

@@ -26,21 +26,19 @@ Defaults are DomainBed's (``hparams_registry.py``, every dataset): ``eqrm_quanti
 rounded).  ``steps_of`` counts the burn-in as the other DG terms count their anneal
 (:mod:`~da_framework.losses.dg_common`).
 
-The learning-rate change is NOT reproduced.  DomainBed re-creates its Adam at the burn-in
-step with learning rate ``eqrm_lr`` (default 1e-6, search ``10**U(-7, -5)``, against the ERM
-phase's ``lr``, 1e-3 on small images).  A loss term here can ask the standard step for the
-fresh Adam (this term registers ``optimizer_reset="eqrm_burnin_iters"``), but not for another
-learning rate, and a loss scale cannot stand in for one: Adam's step ``lr m / (sqrt(v) + eps)``
-is unchanged when the loss is multiplied by a constant (up to eps).  So after the burn-in
-this term trains the quantile with a fresh Adam at the run's own ``learning_rate``, three
-orders of magnitude above DomainBed's default ``eqrm_lr``.  To match DomainBed, run the two
-phases as two runs (the second from the first's checkpoint with ``learning_rate=eqrm_lr``),
-or extend the optimiser factory with a step-switched rate; ``eqrm_lr`` is therefore not a
-hyper-parameter of this term.
+The learning-rate change is reproduced: DomainBed re-creates its Adam at the burn-in step with
+learning rate ``eqrm_lr`` (default 1e-6, search ``10**U(-7, -5)``, against the ERM phase's
+``lr``, 1e-3 on small images).  This term registers ``optimizer_reset="eqrm_burnin_iters"``
+and ``lr_after_reset="eqrm_lr"``: the standard step builds a fresh optimiser state at that step
+and sets its learning rate to ``eqrm_lr`` (the run's optimiser keeps its rate in its state,
+``optax.inject_hyperparams``, so the run needs ``lr_schedule="constant"``, DomainBed's).  A loss
+scale could not stand in for it: Adam's step ``lr m / (sqrt(v) + eps)`` is unchanged when the
+loss is multiplied by a constant (up to eps).
 
 Other known differences: DomainBed compares ``update_count == eqrm_burnin_iters`` to reset, so
-its non-integer random draws never reset Adam (nor switch to ``eqrm_lr``); here the reset
-fires at the first step whose count reaches the burn-in, integer or not.  DomainBed runs one
+its non-integer random draws of ``eqrm_burnin_iters`` never reset Adam nor switch to
+``eqrm_lr`` (in its sweeps the quantile phase trains at ``lr``); here the reset and the switch
+fire at the first step whose count reaches the burn-in, integer or not, as the paper intends.  DomainBed runs one
 forward pass per environment; the step here runs one pooled pass (the same for models without
 batch statistics).  Where all K risks are equal the bandwidth is 0 and the quantile is that
 common risk; the std's gradient there is taken as 0 instead of torch's NaN.  At least two
@@ -120,9 +118,9 @@ def kde_quantile(risks: jax.Array, alpha: float, steps: int = BISECTION_STEPS) -
     return k
 
 
-def _check(eqrm_quantile: float, eqrm_burnin_iters: float, steps_of: float) -> None:
+def _check(eqrm_quantile: float, eqrm_burnin_iters: float, eqrm_lr: float, steps_of: float) -> None:
     for name, value in (("eqrm_quantile", eqrm_quantile), ("eqrm_burnin_iters", eqrm_burnin_iters),
-                        ("steps_of", steps_of)):
+                        ("eqrm_lr", eqrm_lr), ("steps_of", steps_of)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise LossError(f"eqrm: {name} must be a finite number, got {value!r}")
     if eqrm_quantile == 0 or eqrm_quantile >= 1:
@@ -131,6 +129,8 @@ def _check(eqrm_quantile: float, eqrm_burnin_iters: float, steps_of: float) -> N
         raise LossError(f"eqrm: eqrm_burnin_iters must be >= 0, got {eqrm_burnin_iters!r}")
     if steps_of <= 0:
         raise LossError(f"eqrm: steps_of must be > 0, got {steps_of!r}")
+    if eqrm_lr <= 0:
+        raise LossError(f"eqrm: eqrm_lr must be > 0, got {eqrm_lr!r}")
 
 
 @register_loss(
@@ -138,16 +138,20 @@ def _check(eqrm_quantile: float, eqrm_burnin_iters: float, steps_of: float) -> N
     description="EQRM: the alpha-quantile (Gaussian KDE) of the environments' risks after an ERM burn-in (DomainBed's EQRM)",
     reference="Eastwood et al., 'Probable Domain Generalization via Quantile Risk Minimization', NeurIPS 2022; "
               "DomainBed's EQRM",
-    optimizer_reset="eqrm_burnin_iters",  # DomainBed re-creates its Adam at that step (its new lr is not reproduced)
+    optimizer_reset="eqrm_burnin_iters",  # DomainBed re-creates its Adam at that step ...
+    lr_after_reset="eqrm_lr",  # ... with this learning rate
 )
 def eqrm_term(
     inputs: LossInputs,
     eqrm_quantile: float = 0.75,
     eqrm_burnin_iters: float = 2500,
+    eqrm_lr: float = 1e-6,
     steps_of: float = DOMAINBED_STEPS,
 ) -> jax.Array:
-    """``mean_e R_e`` during the burn-in, then :func:`kde_quantile` of the risks (module doc)."""
-    _check(eqrm_quantile, eqrm_burnin_iters, steps_of)
+    """``mean_e R_e`` during the burn-in, then :func:`kde_quantile` of the risks (module doc).
+
+    ``eqrm_lr`` is read by the step, not here: the optimiser restarts with it at the burn-in."""
+    _check(eqrm_quantile, eqrm_burnin_iters, eqrm_lr, steps_of)
     views = labelled_views(inputs, "eqrm")
     if len(views) < 2:
         raise LossError(f"eqrm needs at least 2 training environments (source='env_a,env_b,...'), got {len(views)}")

@@ -203,6 +203,9 @@ class LossSpec:
         ``steps_of``, as :func:`~da_framework.losses.dg_common.anneal_weight` counts) at which
         the standard step re-initialises the optimiser state, as DomainBed re-creates its Adam
         when a penalty's weight jumps; None for no reset.
+      lr_after_reset: the hyper-parameter holding the learning rate the optimiser takes from
+        that reset on (DomainBed's EQRM re-creates its Adam with ``eqrm_lr``); None keeps the
+        run's rate.  The run's ``lr_schedule`` must then be ``"constant"`` (DomainBed's).
     """
 
     name: str
@@ -213,6 +216,7 @@ class LossSpec:
     stateful: bool = False
     trainer: str | None = None
     optimizer_reset: str | None = None
+    lr_after_reset: str | None = None
 
     def term(self, **hparams: Any) -> StatefulTerm:
         """The :class:`StatefulTerm` of a stateful loss with ``hparams`` over its defaults."""
@@ -230,7 +234,7 @@ _LOSSES: dict[str, LossSpec] = {}
 
 def _register(
     name: str, description: str, reference: str, trainer: str | None, overwrite: bool, stateful: bool,
-    optimizer_reset: str | None = None,
+    optimizer_reset: str | None = None, lr_after_reset: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if not name.isidentifier():
         raise LossError(f"loss name {name!r} must be an identifier (letters, digits, '_')")
@@ -245,7 +249,11 @@ def _register(
         hparams = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
         if optimizer_reset is not None and optimizer_reset not in hparams:
             raise LossError(f"loss {name!r}: optimizer_reset names {optimizer_reset!r}, which is not one of its hyper-parameters")
-        _LOSSES[name] = LossSpec(name, fn, description, reference, hparams, stateful, trainer, optimizer_reset)
+        if lr_after_reset is not None and (optimizer_reset is None or lr_after_reset not in hparams):
+            raise LossError(f"loss {name!r}: lr_after_reset names {lr_after_reset!r}, which must be one of its "
+                            "hyper-parameters, with optimizer_reset set")
+        _LOSSES[name] = LossSpec(name, fn, description, reference, hparams, stateful, trainer, optimizer_reset,
+                                 lr_after_reset)
         return fn
 
     return decorator
@@ -259,6 +267,7 @@ def register_loss(
     trainer: str | None = None,
     overwrite: bool = False,
     optimizer_reset: str | None = None,
+    lr_after_reset: str | None = None,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator registering ``fn(inputs: LossInputs, **hparams) -> scalar`` as ``name``.
 
@@ -270,11 +279,14 @@ def register_loss(
       overwrite: allow replacing an existing registration (e.g. when re-running a notebook).
       optimizer_reset: the hyper-parameter whose step re-initialises the optimiser state
         (:attr:`LossSpec.optimizer_reset`), or None.
+      lr_after_reset: the hyper-parameter of the learning rate from that reset on
+        (:attr:`LossSpec.lr_after_reset`), or None.
 
     Returns:
       the decorator, which returns ``fn`` unchanged.
     """
-    return _register(name, description, reference, trainer, overwrite, stateful=False, optimizer_reset=optimizer_reset)
+    return _register(name, description, reference, trainer, overwrite, stateful=False, optimizer_reset=optimizer_reset,
+                     lr_after_reset=lr_after_reset)
 
 
 def register_stateful_loss(

@@ -39,7 +39,7 @@ from da_framework.train.method import Method, parse_method
 from da_framework.train.optimizers import make_optimizer
 from da_framework.train.parallel import ParallelError, make_mesh, replicate, shard_batch
 from da_framework.train.state import TrainState, init_train_state
-from da_framework.train.step import TrainStep
+from da_framework.train.step import TrainStep, switches_learning_rate
 from da_framework.train.target_pass import TargetPassStep, target_outputs
 from da_framework.train.trainers import get_trainer
 
@@ -136,7 +136,7 @@ def build(config: ExperimentConfig) -> Experiment:
         check_domain_pair(sources[0], other)
     method = parse_method(config.method)
     model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, config.bottleneck_norm, **build_kwargs(config.model_kwargs))
-    tx = make_optimizer(config)
+    tx = make_optimizer(config, inject_learning_rate=switches_learning_rate(method))
     step = get_trainer(config.trainer, method)(
         model, method, tx, config.steps, input_key=sources[0].input_key, compute_dtype=config.compute_dtype,
         num_sources=len(sources), num_targets=len(targets),

@@ -108,6 +108,7 @@ def build_optimizer(
     grad_clip: float = 0.0,
     lr_multipliers: Mapping[str, float] | None = None,
     momentum: float = 0.9,
+    inject_learning_rate: bool = False,
 ) -> optax.GradientTransformation:
     """The optimiser ``name`` with its learning-rate schedule, weight decay and clipping.
 
@@ -121,20 +122,29 @@ def build_optimizer(
       grad_clip: clip the global gradient norm to this value first (0: no clipping).
       lr_multipliers: ``{regex: scale}`` per-group learning-rate factors (:func:`scale_by_path`).
       momentum: SGD's (Nesterov) momentum; 0 is plain SGD (FedAvg's clients, tllib's AFN).
+      inject_learning_rate: keep the learning rate in the optimiser state
+        (``optax.inject_hyperparams``), where a reset can set it
+        (:func:`da_framework.train.step.reset_optimizer`); needs ``schedule="constant"``.
     """
-    lr = learning_rate_schedule(learning_rate, schedule, steps)
     if not 0 <= momentum < 1:
         raise OptimizerError(f"momentum must be in [0, 1), got {momentum}")
-    if name == "sgd" and momentum:
-        opt = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum, nesterov=True))
-    elif name == "sgd":
-        opt = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr))
-    elif name == "adamw":
-        opt = optax.adamw(lr, weight_decay=weight_decay)
-    elif name == "adam":
-        opt = optax.adam(lr)
-    else:
+    if name not in OPTIMIZERS:
         raise OptimizerError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if inject_learning_rate and schedule != "constant":
+        raise OptimizerError(f"a term switches the learning rate at its reset (DomainBed's EQRM eqrm_lr), which needs "
+                             f"lr_schedule='constant', got {schedule!r}")
+
+    def base(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+        if name == "sgd" and momentum:
+            return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum, nesterov=True))
+        if name == "sgd":
+            return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate))
+        if name == "adamw":
+            return optax.adamw(learning_rate, weight_decay=weight_decay)
+        return optax.adam(learning_rate)
+
+    lr = learning_rate_schedule(learning_rate, schedule, steps)
+    opt = optax.inject_hyperparams(base)(learning_rate=lr) if inject_learning_rate else base(lr)
     if grad_clip:
         opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
     if lr_multipliers:
@@ -142,8 +152,9 @@ def build_optimizer(
     return opt
 
 
-def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
-    """The optimiser named by an experiment config (``optimizer``, ``learning_rate``, ``lr_schedule``, ...)."""
+def make_optimizer(config: ExperimentConfig, inject_learning_rate: bool = False) -> optax.GradientTransformation:
+    """The optimiser named by an experiment config (``optimizer``, ``learning_rate``, ``lr_schedule``, ...);
+    ``inject_learning_rate`` as :func:`build_optimizer`'s."""
     return build_optimizer(
         config.optimizer,
         config.learning_rate,
@@ -153,4 +164,5 @@ def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
         grad_clip=config.grad_clip,
         lr_multipliers=config.lr_multipliers,
         momentum=config.momentum,
+        inject_learning_rate=inject_learning_rate,
     )

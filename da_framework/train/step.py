@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from da_framework.losses.registry import DomainView, LossInputs, get_loss
+from da_framework.losses.registry import DomainView, LossError, LossInputs, get_loss
 from da_framework.models.classifier import Classifier
 from da_framework.train.method import Method
 from da_framework.train.precision import cast_floating, cast_like, get_compute_dtype
@@ -110,15 +110,32 @@ def domain_views(
     return tuple(views)
 
 
-def optimizer_resets(method: Method) -> list[tuple[float, float]]:
-    """``(step, steps_of)`` of every term registered with an ``optimizer_reset`` hyper-parameter."""
+def optimizer_resets(method: Method) -> list[tuple[float, float, float | None]]:
+    """``(step, steps_of, lr)`` of every term registered with an ``optimizer_reset`` hyper-parameter;
+    ``lr`` is the term's ``lr_after_reset`` value (the learning rate from the reset on), or None."""
     out = []
     for term in method.terms:
         spec = get_loss(term.loss)
         if spec.optimizer_reset:
             hp = {**spec.hparams, **dict(term.hparams)}
-            out.append((float(hp[spec.optimizer_reset]), float(hp.get("steps_of", 0.0))))
+            lr = float(hp[spec.lr_after_reset]) if spec.lr_after_reset else None
+            out.append((float(hp[spec.optimizer_reset]), float(hp.get("steps_of", 0.0)), lr))
+    if sum(lr is not None for *_, lr in out) > 1:
+        raise LossError("at most one term of a method may switch the learning rate at its reset "
+                        f"(lr_after_reset), got {sum(lr is not None for *_, lr in out)}")
     return out
+
+
+def switches_learning_rate(method: Method) -> bool:
+    """True when a term of ``method`` sets the learning rate at its reset (the optimiser must then be
+    built with ``inject_learning_rate=True``, :func:`~da_framework.train.optimizers.build_optimizer`)."""
+    return any(lr is not None for *_, lr in optimizer_resets(method))
+
+
+def reset_optimizer(tx: optax.GradientTransformation, params: Any, lr: float | None) -> optax.OptState:
+    """A fresh optimiser state, with the injected learning rate set to ``lr`` unless it is None."""
+    fresh = tx.init(params)
+    return fresh if lr is None else optax.tree_utils.tree_set(fresh, learning_rate=jnp.asarray(lr, jnp.float32))
 
 
 def reset_fires(step: jax.Array, total_steps: int, at: float, steps_of: float) -> jax.Array:
@@ -226,8 +243,9 @@ def make_train_step(
         )
         opt_state = state.opt_state
         if resets:  # DomainBed's fresh Adam when a penalty's weight jumps (LossSpec.optimizer_reset)
-            fire = jnp.any(jnp.stack([reset_fires(state.step, total_steps, at, of) for at, of in resets]))
-            opt_state = jax.lax.cond(fire, lambda: tx.init(state.params), lambda: opt_state)  # no per-step tree select
+            for at, of, lr in resets:  # no per-step tree select: the fresh state is built under the cond only
+                opt_state = jax.lax.cond(reset_fires(state.step, total_steps, at, of),
+                                         lambda lr=lr: reset_optimizer(tx, state.params, lr), lambda s=opt_state: s)
         updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         progress = jnp.minimum((state.step + 1).astype(jnp.float32) / total_steps, 1.0)
