@@ -223,3 +223,18 @@ def test_rmnist_domainbed_sweep_leaves_each_environment_and_each_pair_out(tmp_pa
     assert sum(len(r.config.target_names) == 2 for r in runs) == 2 * 15 * 3 * 2
     assert {r.config.steps for r in runs} == {50} and {r.config.model for r in runs} == {"mnist_cnn"}
     assert all(r.config.eval_target_val for r in runs)
+
+
+def test_a_reduced_domainbed_sweep_from_the_environment(tmp_path, monkeypatch):
+    from da_framework.bench.sweep import load_sweep
+    from da_framework.config import ConfigError
+
+    for k, v in {"DA_DG_STEPS": "40", "DA_DG_SAMPLES": "1", "DA_DG_ALGORITHMS": "ERM,VREx", "DA_DG_SEEDS": "3",
+                 "DA_DG_LEAVE_ONE_OUT": "0"}.items():
+        monkeypatch.setenv(k, v)
+    runs = expand_sweep(load_sweep("cmnist_domainbed"), tmp_path)
+    assert len(runs) == 2 * 3  # algorithms x main runs only, one trial, one sample
+    assert {r.config.seed for r in runs} == {3} and all(len(r.config.target_names) == 1 for r in runs)
+    monkeypatch.setenv("DA_DG_SEEDS", "0,x")
+    with pytest.raises(ConfigError, match="DA_DG_SEEDS must be comma-separated integers"):
+        load_sweep("cmnist_domainbed")

@@ -197,10 +197,18 @@ def domainbed_sweep_from_env(family: str, algorithms: str | None = None, steps: 
                              seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
     """:func:`domainbed_sweep` sized by the environment, for sweep files: ``$DA_DG_ALGORITHMS``
     (comma-separated DomainBed names, default ``algorithms`` or all), ``$DA_DG_STEPS``,
-    ``$DA_DG_SAMPLES`` and ``$DA_DG_PER_TRIAL`` (``0``: one draw per sample for all trials)."""
+    ``$DA_DG_SAMPLES``, ``$DA_DG_SEEDS`` (comma-separated trial seeds), ``$DA_DG_PER_TRIAL``
+    (``0``: one draw per sample for all trials) and ``$DA_DG_LEAVE_ONE_OUT`` (``0``: only the
+    main runs, no leave-one-domain-out pairs, so that rule has no table)."""
     import os
 
     names = os.environ.get("DA_DG_ALGORITHMS", algorithms or "")
+    trial_seeds = os.environ.get("DA_DG_SEEDS")
+    try:
+        seeds = tuple(int(s) for s in trial_seeds.split(",")) if trial_seeds else seeds
+    except ValueError:
+        raise UserError(f"DA_DG_SEEDS must be comma-separated integers, e.g. 0,1,2, got {trial_seeds!r}") from None
     return domainbed_sweep(family, names.split(",") if names else None, steps=int(os.environ.get("DA_DG_STEPS", str(steps))),
                            samples=int(os.environ.get("DA_DG_SAMPLES", str(samples))), seeds=seeds,
+                           leave_one_out=os.environ.get("DA_DG_LEAVE_ONE_OUT", "1") != "0",
                            per_trial=os.environ.get("DA_DG_PER_TRIAL", "1") != "0")
