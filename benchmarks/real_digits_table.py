@@ -4,7 +4,9 @@ Reads every ``da run`` record under ``--results-dir`` (default
 ``benchmarks/results/real_digits_short``) and prints, per (experiment, method), the target test
 accuracy of the last step, of the evaluation step with the best source validation accuracy
 (label-free), and of the step with the best target test accuracy ("oracle": tllib's rule,
-which reads target labels), mean +- std over the seeds found, beside tllib's number.
+which reads target labels), mean +- std over the seeds found, beside tllib's number; then, for
+runs made with ``--set eval_validators=true``, the accuracy of the step each label-free
+validator (IWCV, DEV, target entropy, SND) picks.
 
 Run:  python benchmarks/real_digits_table.py [--results-dir DIR]
 """
@@ -38,6 +40,24 @@ def picks(record: dict) -> tuple[float, float, float]:
     by_val = max(evals, key=lambda h: (h["source_val_accuracy"], h["step"]))["target_test_accuracy"]
     oracle = max(h["target_test_accuracy"] for h in evals)
     return 100 * last, 100 * by_val, 100 * oracle
+
+
+# The label-free validators a run scores at every evaluation with config eval_validators=True
+# (da_framework/bench/selection.py): name -> True when higher is better.
+VALIDATORS = {"iwcv_risk": False, "dev_risk": False, "target_entropy": False, "snd": True}
+
+
+def validator_picks(record: dict) -> dict[str, float] | None:
+    """Target test accuracy (%) of the evaluation step each label-free validator picks, or None
+    when the record's evaluations carry no ``validator/*`` scores."""
+    evals = [h for h in record["history"] if "target_test_accuracy" in h and "validator/snd" in h]
+    if not evals:
+        return None
+    out = {}
+    for name, higher in VALIDATORS.items():
+        best = max(evals, key=lambda h: ((1 if higher else -1) * h[f"validator/{name}"], h["step"]))
+        out[name] = 100 * best["target_test_accuracy"]
+    return out
 
 
 def _cell(values: list[float]) -> str:
@@ -87,7 +107,25 @@ def table(results_dir: Path) -> str:
         rows.append(f"| {src} -> {tgt} | {method} | {extra or '-'} | {len(values)} | " + " | ".join(_cell(list(v)) for v in cols)
                     + f" | {f'{anchor} ({name})' if anchor is not None else '-'} |")
     rows += [f"\nDiverged (no metrics): {d}" for d in diverged]
-    return "\n".join(rows)
+    return "\n".join(rows + validator_table(results_dir))
+
+
+def validator_table(results_dir: Path) -> list[str]:
+    """Rows of a second table: the target accuracy of the checkpoint each label-free validator picks."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, float]]] = defaultdict(list)
+    for path in sorted(results_dir.rglob("seed*.json")):
+        record = json.loads(path.read_text())
+        if record["format"].startswith("da_framework.run") and (picked := validator_picks(record)) is not None:
+            c = record["config"]
+            groups[(c["source"], c["target"], c["method"], settings(c))].append(picked)
+    if not groups:
+        return []
+    rows = ["", "Checkpoint picked by each label-free validator (runs with eval_validators=True):", "",
+            "| pair | method | settings | seeds | " + " | ".join(VALIDATORS) + " |", "|---|---|---|---|" + "---|" * len(VALIDATORS)]
+    for (src, tgt, method, extra), picked in sorted(groups.items()):
+        rows.append(f"| {src} -> {tgt} | {method} | {extra or '-'} | {len(picked)} | "
+                    + " | ".join(_cell([p[name] for p in picked]) for name in VALIDATORS) + " |")
+    return rows
 
 
 def main() -> None:

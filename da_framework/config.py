@@ -72,6 +72,10 @@ class ExperimentConfig:
       eval_target_val: also evaluate every target's ``val`` split (``target_val_accuracy``):
         for a DG environment its 20% out-split, read by DomainBed's test-domain oracle
         (:mod:`da_framework.bench.dg_selection`).  Off by default: UDA never reads it.
+      eval_validators: also score every evaluation with the label-free validators of
+        :mod:`da_framework.bench.selection` (IWCV, DEV, target entropy, SND) on the sources'
+        val splits and at most 4,000 target train examples (``validator/<name>`` in the
+        history), so a checkpoint can be picked by each of them.
       log_every: fetch metrics from the device every this many steps.
       num_devices: data-parallel devices (batch sharded over a 1-D mesh); 1 = one device.
       data_dir: tfds data directory for catalog domains (None: default).
@@ -108,6 +112,7 @@ class ExperimentConfig:
     eval_every: int = 0
     eval_batch_size: int = 512
     eval_target_val: bool = False
+    eval_validators: bool = False
     log_every: int = 50
     num_devices: int = 1
     data_dir: str | None = None

@@ -48,7 +48,8 @@ DIVERGED_FORMAT = "da_framework.diverged/1"  # a run whose loss became non-finit
 NON_SEMANTIC_KEYS = frozenset({"name", "data_dir", "checkpoint_every", "checkpoint_dir", "log_every", "device_prefetch", "data_workers", "data_threads"})
 # Config keys added after records were first written, with the value that reproduces the old
 # behaviour: hashed only when set to something else, so older records keep their hash.
-LATER_KEYS: dict[str, Any] = {"trainer": "auto", "bottleneck_norm": "layer", "lr_multipliers": {}, "momentum": 0.9, "eval_target_val": False}
+LATER_KEYS: dict[str, Any] = {"trainer": "auto", "bottleneck_norm": "layer", "lr_multipliers": {}, "momentum": 0.9, "eval_target_val": False,
+                              "eval_validators": False}
 
 
 class RecordError(UserError):

@@ -11,6 +11,7 @@ from da_framework.bench.selection import (
     density_ratio_weights,
     dev_risk,
     iwcv_risk,
+    label_free_scores,
     prediction_entropy,
     select_best,
     soft_neighborhood_density,
@@ -99,3 +100,52 @@ def test_select_best_respects_direction():
 def test_accuracy_curve_skips_entries_without_the_key():
     steps, vals = accuracy_curve([{"step": 1, "a": 0.1}, {"step": 2}, {"step": 3, "a": 0.3}], "a")
     assert steps.tolist() == [1, 3] and vals.tolist() == [0.1, 0.3]
+
+
+def test_every_evaluation_scores_the_label_free_validators():
+    """eval_validators=True: each evaluation carries validator/<name>, the final one equal to
+    label_free_scores of the final state's own predictions; picking by them reads the history."""
+    import importlib.util
+    from pathlib import Path
+
+    from da_framework.config import ExperimentConfig
+    from da_framework.train.evaluate import make_predict_fn, predict_split
+    from da_framework.train.loop import build, train
+
+    config = ExperimentConfig(method="dann", steps=8, eval_every=4, eval_validators=True, model="mlp",
+                              model_kwargs={"hidden": (16,)}, batch_size=16, log_every=4)
+    result = train(config)
+    evals = [h for h in result.history if "target_test_accuracy" in h]
+    assert [h["step"] for h in evals] == [4, 8]
+    assert all({"validator/iwcv_risk", "validator/dev_risk", "validator/target_entropy", "validator/snd"} <= h.keys()
+               for h in evals)
+    exp = build(config)
+    predict = make_predict_fn(exp.model)
+    variables = {"params": result.state.params["model"], **result.state.model_state}
+    s_val = predict_split(predict, variables, exp.sources[0].split("val"), 512)
+    t_train = predict_split(predict, variables, exp.targets[0].split("train"), 512)
+    assert len(t_train["label"]) < 4000  # no subsample: the whole split, as label_free_scores sees it here
+    want = label_free_scores(s_val, t_train, seed=0)
+    for name, value in want.items():
+        assert evals[-1][f"validator/{name}"] == pytest.approx(value, rel=1e-6)
+    assert "validator/snd" not in train(config.replace(eval_validators=False, steps=4)).history[-1]
+
+    spec = importlib.util.spec_from_file_location("rdt", Path(__file__).parent.parent / "benchmarks" / "real_digits_table.py")
+    rdt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rdt)
+    hand = {"history": [{"step": 1, "target_test_accuracy": 0.5, "validator/iwcv_risk": 0.2, "validator/dev_risk": 0.9,
+                         "validator/target_entropy": 0.1, "validator/snd": 3.0},
+                        {"step": 2, "target_test_accuracy": 0.7, "validator/iwcv_risk": 0.4, "validator/dev_risk": 0.3,
+                         "validator/target_entropy": 0.6, "validator/snd": 2.0}]}
+    assert rdt.validator_picks(hand) == {"iwcv_risk": 50.0, "dev_risk": 70.0, "target_entropy": 50.0, "snd": 50.0}
+    assert rdt.validator_picks({"history": [{"step": 1, "target_test_accuracy": 0.5}]}) is None
+
+
+def test_label_free_scores_subsample_the_target():
+    rng = np.random.default_rng(0)
+    s_val = {"logits": rng.normal(size=(40, 3)), "features": rng.normal(size=(40, 4)), "label": rng.integers(0, 3, 40)}
+    t = {"logits": rng.normal(size=(90, 3)), "features": rng.normal(size=(90, 4)) + 1.0}
+    keep = np.sort(np.random.default_rng(5).permutation(90)[:30])
+    sub = label_free_scores(s_val, t, seed=5, max_target=30)
+    assert sub == label_free_scores(s_val, {k: v[keep] for k, v in t.items()}, seed=5)
+    assert sub["snd"] != label_free_scores(s_val, t, seed=5)["snd"]

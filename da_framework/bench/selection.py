@@ -152,10 +152,37 @@ def dev_risk(losses: np.ndarray, weights: np.ndarray) -> float:
     return float(np.mean(weighted) + eta * np.mean(weights) - eta)
 
 
+def label_free_scores(
+    source_val: dict[str, np.ndarray], target_train: dict[str, np.ndarray], seed: int = 0, max_target: int | None = None
+) -> dict[str, float]:
+    """The validators that read no target label: IWCV, DEV, target entropy and SND.
+
+    Args:
+      source_val: ``{"logits", "features", "label"}`` on labelled source validation data.
+      target_train: ``{"logits", "features"}`` on the unlabelled target training data; its
+        labels are not read.
+      seed: seed of the domain classifier's folds and of the target subsample.
+      max_target: score on at most this many target examples, a subsample drawn with
+        ``seed`` (SND's similarity matrix is n x n); None: all of them.
+    """
+    t_logits, t_feats = target_train["logits"], target_train["features"]
+    if max_target is not None and len(t_logits) > max_target:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(t_logits))[:max_target])
+        t_logits, t_feats = t_logits[keep], t_feats[keep]
+    weights = density_ratio_weights(source_val["features"], t_feats, seed=seed)
+    losses = cross_entropy_per_example(source_val["logits"], source_val["label"])
+    return {
+        "iwcv_risk": iwcv_risk(losses, weights),
+        "dev_risk": dev_risk(losses, weights),
+        "target_entropy": prediction_entropy(t_logits),
+        "snd": soft_neighborhood_density(t_logits),
+    }
+
+
 def selection_scores(
     source_val: dict[str, np.ndarray], target_train: dict[str, np.ndarray], target_test: dict[str, np.ndarray], seed: int = 0
 ) -> dict[str, float]:
-    """Every validator's score of one trained model.
+    """Every validator's score of one trained model (:func:`label_free_scores` and the two accuracies).
 
     Args:
       source_val: ``{"logits", "features", "label"}`` on labelled source validation data.
@@ -164,15 +191,10 @@ def selection_scores(
       target_test: ``{"logits", "label"}``, read only by the oracle.
       seed: seed of the domain classifier's folds.
     """
-    weights = density_ratio_weights(source_val["features"], target_train["features"], seed=seed)
-    losses = cross_entropy_per_example(source_val["logits"], source_val["label"])
     return {
         "source_val_accuracy": float(np.mean(np.argmax(source_val["logits"], -1) == source_val["label"])),
         "target_oracle_accuracy": float(np.mean(np.argmax(target_test["logits"], -1) == target_test["label"])),
-        "iwcv_risk": iwcv_risk(losses, weights),
-        "dev_risk": dev_risk(losses, weights),
-        "target_entropy": prediction_entropy(target_train["logits"]),
-        "snd": soft_neighborhood_density(target_train["logits"]),
+        **label_free_scores(source_val, target_train, seed),
     }
 
 

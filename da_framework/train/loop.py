@@ -33,7 +33,7 @@ from da_framework.data.prefetch import prefetch_to_device
 from da_framework.data.registry import get_domain
 from da_framework.models.registry import LOAD_KEYS, build_kwargs, make_model
 from da_framework.train.checkpoint import open_checkpoints, restore_latest, save_checkpoint
-from da_framework.train.evaluate import evaluate, make_predict_fn
+from da_framework.train.evaluate import evaluate, make_predict_fn, predict_split
 from da_framework.train.finite import NonFiniteLossError, check_finite, first_bad_step  # noqa: F401 (NonFiniteLossError: re-exported)
 from da_framework.train.method import Method, parse_method
 from da_framework.train.optimizers import make_optimizer
@@ -223,7 +223,30 @@ def evaluate_state(exp: Experiment, state: TrainState, predict: Callable[..., An
         for name, v in zip(config.source_names, src):
             out[f"source_val_accuracy/{name}"] = v["accuracy"]
     out["source_val_accuracy"] = float(np.mean([v["accuracy"] for v in src]))
+    if config.eval_validators:
+        out.update(validator_scores(exp, predict, variables))
     return out
+
+
+# Target train examples the per-evaluation validators read (SND's similarity matrix is n x n).
+VALIDATOR_TARGET_EXAMPLES = 4000
+
+
+def validator_scores(exp: Experiment, predict: Callable[..., Any], variables: dict[str, Any]) -> dict[str, float]:
+    """``validator/<name>`` of :func:`da_framework.bench.selection.label_free_scores` on the pooled
+    source val splits and target train splits (config ``eval_validators``)."""
+    from da_framework.bench.selection import label_free_scores
+
+    c = exp.config
+
+    def pooled(domains: tuple[Any, ...], split: str) -> dict[str, np.ndarray]:
+        parts = [predict_split(predict, variables, d.split(split), c.eval_batch_size, exp.input_key, c.data_workers,
+                               c.data_threads) for d in domains]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    scores = label_free_scores(pooled(exp.sources, "val"), pooled(exp.targets, "train"), seed=c.seed,
+                               max_target=VALIDATOR_TARGET_EXAMPLES)
+    return {f"validator/{k}": v for k, v in scores.items()}
 
 
 def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
