@@ -5,7 +5,7 @@ Reads every ``da run`` record under ``--results-dir`` (default
 accuracy of the last step, of the evaluation step with the best source validation accuracy
 (label-free), and of the step with the best target test accuracy ("oracle": tllib's rule,
 which reads target labels), mean +- std over the seeds found, beside tllib's number; then, for
-runs made with ``--set eval_validators=true``, the accuracy of the step each label-free
+runs made with ``--set eval_validators=True``, the accuracy of the step each label-free
 validator (IWCV, DEV, target entropy, SND) picks.
 
 Run:  python benchmarks/real_digits_table.py [--results-dir DIR]

@@ -203,3 +203,18 @@ def test_eqrm_lr_needs_a_constant_schedule():
         optimizer="adam", learning_rate=1e-3, lr_schedule="cosine", model="mlp", model_kwargs={"hidden": (16,)})
     with pytest.raises(OptimizerError, match="needs lr_schedule='constant', got 'cosine'"):
         train(config)
+
+
+def test_a_hand_built_step_without_an_injected_rate_is_a_one_line_error():
+    import optax
+
+    from da_framework.models.registry import make_model
+    from da_framework.train.state import init_train_state
+    from da_framework.train.step import make_train_step
+
+    model, method, tx = make_model("mlp", 3, None, hidden=(4,)), parse_method("eqrm(eqrm_burnin_iters=1, steps_of=2)"), optax.adam(1e-3)
+    xs = jnp.zeros((6, 5), jnp.float32)
+    state = init_train_state(jax.random.key(0), model, method, tx, xs, xs[:2], jnp.zeros((6,), jnp.int32))
+    step = make_train_step(model, method, tx, total_steps=2, num_sources=2)
+    with pytest.raises(LossError, match="inject_learning_rate=True"):
+        step(state, {"image": xs, "label": jnp.zeros((6,), jnp.int32)}, {"image": xs[:2]}, jax.random.key(1))

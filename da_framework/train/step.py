@@ -135,7 +135,12 @@ def switches_learning_rate(method: Method) -> bool:
 def reset_optimizer(tx: optax.GradientTransformation, params: Any, lr: float | None) -> optax.OptState:
     """A fresh optimiser state, with the injected learning rate set to ``lr`` unless it is None."""
     fresh = tx.init(params)
-    return fresh if lr is None else optax.tree_utils.tree_set(fresh, learning_rate=jnp.asarray(lr, jnp.float32))
+    if lr is None:
+        return fresh
+    if optax.tree_utils.tree_get(fresh, "learning_rate") is None:
+        raise LossError("a term sets the learning rate at its reset (lr_after_reset, e.g. EQRM's eqrm_lr), but the "
+                        "optimiser keeps none in its state; build it with build_optimizer(..., inject_learning_rate=True)")
+    return optax.tree_utils.tree_set(fresh, learning_rate=jnp.asarray(lr, jnp.float32))
 
 
 def reset_fires(step: jax.Array, total_steps: int, at: float, steps_of: float) -> jax.Array:
