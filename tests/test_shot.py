@@ -244,3 +244,30 @@ def test_vmapped_seeds_refuse_a_target_pass_trainer_in_one_line():
     with pytest.raises(ConfigError, match="run its seeds separately") as err:
         train_seeds(ExperimentConfig(method="shot", steps=3000, **TINY), [0, 1])
     assert "\n" not in str(err.value)
+
+
+def test_phase_schedule_is_shots_lr_scheduler_in_each_phase():
+    """phase_schedule=True: the update of step s is the plain SGD update times (1 + 10 i / T)^-0.75,
+    i = 1..T within its phase (SHOT's lr_scheduler), here over phases of 3 and 2 steps."""
+    spec = "cross_entropy(label_smoothing=0.1) + shot(pretrain_steps=3{})"
+    state, plain, src, tgt = _setup(spec.format(""), total=5)
+    _, phased, _, _ = _setup(spec.format(", phase_schedule=True"), total=5)
+    want = [(1 + 10 * i / t) ** -0.75 for i, t in ((1, 3), (2, 3), (3, 3), (1, 2), (2, 2))]
+    np.testing.assert_allclose([float(phased.phase_factor(jnp.int32(s))) for s in range(5)], want, rtol=1e-6)
+    s = state
+    for k in range(5):  # from the same state, the two updates differ by exactly that factor
+        a, _ = jax.jit(plain)(s, src, tgt, jax.random.key(k))
+        b, _ = jax.jit(phased)(s, src, tgt, jax.random.key(k))
+        for x, y, z in zip(jax.tree.leaves(_f64(s.params)), jax.tree.leaves(_f64(a.params)), jax.tree.leaves(_f64(b.params))):
+            np.testing.assert_allclose(z - x, want[k] * (y - x), rtol=1e-4, atol=1e-7)
+        s = a
+
+
+def test_phase_schedule_needs_a_constant_run_schedule():
+    from da_framework.config import ExperimentConfig
+    from da_framework.train.loop import build
+
+    config = ExperimentConfig(**TINY, method="cross_entropy + shot(pretrain_steps=2, phase_schedule=True)", steps=4)
+    with pytest.raises(LossError, match="set lr_schedule=constant, got 'inv'"):
+        build(config.replace(lr_schedule="inv"))
+    assert build(config.replace(lr_schedule="constant")).step.hp.phase_schedule

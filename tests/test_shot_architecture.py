@@ -128,8 +128,9 @@ def test_protocol_lengths_are_thirty_epochs_of_each_phase():
     full, short = shot_digits("mnist", "usps"), shot_digits("usps", "mnist", short=True)
     assert SHOT_EPOCH_STEPS == {"mnist": -(-54000 // 64), "usps": -(-6562 // 64)}
     assert full["steps"] == 30 * 844 + 30 * 103 and "pretrain_steps=25320" in full["method"]
-    assert shot_digits("usps", "mnist")["method"].endswith("shot(pretrain_steps=3090)")
+    assert shot_digits("usps", "mnist")["method"].endswith("shot(pretrain_steps=3090, phase_schedule=True)")
     assert short["steps"] == 5000 and "pretrain_steps=2500" in short["method"]
+    assert full["lr_schedule"] == short["lr_schedule"] == "constant"  # SHOT's schedule is the trainer's
 
 
 @pytest.mark.parametrize("name", ["mnist_usps_shot", "usps_mnist_shot", "mnist_usps_shot_short", "usps_mnist_shot_short"])
@@ -151,7 +152,7 @@ def test_shot_protocol_runs_both_phases_on_real_digits(tmp_path):
     from da_framework.train.loop import train
 
     config = load_experiment("mnist_usps_shot_short").replace(
-        method="cross_entropy(label_smoothing=0.1) + shot(pretrain_steps=3)", steps=6, eval_every=0,
+        method="cross_entropy(label_smoothing=0.1) + shot(pretrain_steps=3, phase_schedule=True)", steps=6, eval_every=0,
         data_dir=str(SHARED), log_every=1)
     result = train(config)
     phases = [h["loss/shot/phase"] for h in result.history if "loss/shot/phase" in h]

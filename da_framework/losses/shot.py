@@ -43,6 +43,7 @@ class ShotHparams(NamedTuple):
     interval: int
     rounds: int
     reset_optimizer: bool
+    phase_schedule: bool
 
 
 def _integer(value: Any, name: str, low: int) -> int:
@@ -53,8 +54,9 @@ def _integer(value: Any, name: str, low: int) -> int:
 
 def check_hparams(**hp: Any) -> ShotHparams:
     """The term's hyper-parameters checked; a bad one raises a one-line LossError naming it."""
-    if not isinstance(hp["reset_optimizer"], bool):
-        raise LossError(f"shot: reset_optimizer must be True or False, got {hp['reset_optimizer']!r}")
+    for flag in ("reset_optimizer", "phase_schedule"):
+        if not isinstance(hp[flag], bool):
+            raise LossError(f"shot: {flag} must be True or False, got {hp[flag]!r}")
     nonneg = lambda v: math.isfinite(v) and v >= 0
     return ShotHparams(
         pretrain_steps=_integer(hp["pretrain_steps"], "pretrain_steps", 1),
@@ -65,6 +67,7 @@ def check_hparams(**hp: Any) -> ShotHparams:
         interval=_integer(hp["interval"], "interval", 0),
         rounds=_integer(hp["rounds"], "rounds", 0),
         reset_optimizer=hp["reset_optimizer"],
+        phase_schedule=hp["phase_schedule"],
     )
 
 
@@ -136,7 +139,7 @@ def shot_target_loss(target_logits: jax.Array, pseudo_labels: jax.Array, cls_par
 )
 def shot_term(
     pretrain_steps: int = 2500, cls_par: float = 0.1, ent_par: float = 1.0, diversity_weight: float = 1.0,
-    interval: int = 0, rounds: int = 1, reset_optimizer: bool = True,
+    interval: int = 0, rounds: int = 1, reset_optimizer: bool = True, phase_schedule: bool = False,
 ) -> StatefulTerm:
     """SHOT's settings and its pseudo-label table (the term's state); as a term, the target objective.
 
@@ -144,11 +147,14 @@ def shot_term(
     (pseudo-label weight; 0: SHOT-IM), ``ent_par`` (information-maximisation weight), ``diversity_weight``,
     ``interval`` (steps between pseudo-label refreshes; 0: one target epoch, ceil(n / batch) as
     SHOT's loader), ``rounds`` (hard re-clustering rounds) and ``reset_optimizer`` (SHOT's target
-    phase builds a fresh SGD optimiser and learning-rate schedule).  The state is
+    phase builds a fresh SGD optimiser and learning-rate schedule).  ``phase_schedule=True`` is
+    SHOT's schedule exactly: the trainer scales each update by ``(1 + 10 i / T)^-0.75``, i = 1..T
+    the update's number within its phase and T the phase's length (``lr_scheduler`` in
+    ``digit/uda_digit.py``), and the run's ``lr_schedule`` must be ``"constant"``.  The state is
     ``{"labels": (n,) int32, "label_accuracy": scalar}``, sized by the trainer's ``prepare``.
     """
     check_hparams(pretrain_steps=pretrain_steps, cls_par=cls_par, ent_par=ent_par, diversity_weight=diversity_weight,
-                  interval=interval, rounds=rounds, reset_optimizer=reset_optimizer)
+                  interval=interval, rounds=rounds, reset_optimizer=reset_optimizer, phase_schedule=phase_schedule)
 
     def init(key: jax.Array, inputs: LossInputs) -> TermState:
         del key, inputs

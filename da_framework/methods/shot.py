@@ -26,7 +26,8 @@ the current table against the target train labels, a diagnostic the training nev
 
 Differences from SHOT's code: one run and one optimiser for both phases (SHOT saves the source
 model and builds a new SGD for the target phase: ``reset_optimizer`` restarts the same
-optimiser); SHOT keeps the source checkpoint with the best *source test* accuracy, this keeps
+optimiser; ``phase_schedule=True`` gives each phase SHOT's own ``(1 + 10 i / T)^-0.75``, by
+scaling the updates of a constant-rate optimiser); SHOT keeps the source checkpoint with the best *source test* accuracy, this keeps
 the last; SHOT's hypothesis is a weight-normalised linear layer, here the model's ``head``;
 the batches are drawn with the run's sampler (full batches), SHOT's loader keeps a last short one.
 """
@@ -88,6 +89,21 @@ class ShotStep(TargetPassStep):
         self.key, self.model, self.tx, self.total_steps, self.input_key = (
             term.key, model, tx, total_steps, input_key)
 
+    def check_config(self, config: Any) -> None:
+        """``phase_schedule`` applies SHOT's schedule itself, so the run's own must be constant."""
+        if self.hp.phase_schedule and config.lr_schedule != "constant":
+            raise LossError(f"shot(phase_schedule=True) applies SHOT's per-phase schedule itself; set "
+                            f"lr_schedule=constant, got {config.lr_schedule!r}")
+
+    def phase_factor(self, step: jax.Array) -> jax.Array:
+        """SHOT's ``(1 + 10 i / T)^-0.75`` of the update at ``step`` (1 without ``phase_schedule``)."""
+        if not self.hp.phase_schedule:
+            return jnp.ones((), jnp.float32)
+        p, s = self.hp.pretrain_steps, self.total_steps
+        i = jnp.where(step < p, step + 1, step - p + 1).astype(jnp.float32)
+        length = jnp.where(step < p, p, s - p).astype(jnp.float32)
+        return (1.0 + 10.0 * i / length) ** -0.75
+
     def prepare(self, state: TrainState, num_examples: int) -> TrainState:
         """The pseudo-label table sized ``num_examples`` (zeros until the first refresh at ``pretrain_steps``)."""
         table = {**state.term_states[self.key], "labels": jnp.zeros((num_examples,), jnp.int32)}
@@ -109,7 +125,8 @@ class ShotStep(TargetPassStep):
     def __call__(self, state: TrainState, source_batch: Mapping[str, jax.Array],
                  target_batch: Mapping[str, jax.Array], key: jax.Array) -> tuple[TrainState, Metrics]:
         """One SHOT step ``(state, source_batch, target_batch, key) -> (state, metrics)``."""
-        hp, key_, tx = self.hp, self.key, self.tx
+        hp, key_ = self.hp, self.key
+        tx = scaled_updates(self.tx, self.phase_factor(state.step))
         xs, ys, xt = source_batch[self.input_key], source_batch["label"], target_batch[self.input_key]
         if INDEX not in target_batch:
             raise LossError("shot: the target batches carry no 'index' field; train it through da_framework's "
@@ -166,6 +183,16 @@ class ShotStep(TargetPassStep):
             state.step < hp.pretrain_steps, source_phase, target_phase)
         new_state = state.replace(step=state.step + 1, params=new_params, model_state=model_state, opt_state=opt_state)
         return new_state, metrics
+
+
+def scaled_updates(tx: optax.GradientTransformation, factor: jax.Array) -> optax.GradientTransformation:
+    """``tx`` with every update multiplied by ``factor`` (same state): for SGD, momentum and Adam alike
+    the same as running ``tx`` at ``factor`` times its learning rate."""
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        updates, state = tx.update(updates, state, params)
+        return jax.tree.map(lambda u: u * factor.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(tx.init, update)
 
 
 def make_shot_step(

@@ -141,6 +141,8 @@ def build(config: ExperimentConfig) -> Experiment:
         model, method, tx, config.steps, input_key=sources[0].input_key, compute_dtype=config.compute_dtype,
         num_sources=len(sources), num_targets=len(targets),
     )
+    if (check := getattr(step, "check_config", None)) is not None:  # a trainer refusing settings it cannot honour
+        check(config)
     return Experiment(config, sources, targets, model, method, tx, step)
 
 
