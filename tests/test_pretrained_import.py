@@ -179,6 +179,12 @@ def test_head_is_dropped_by_default_and_kept_on_request(r18):
     assert err < TOL
     with pytest.raises(PretrainedError, match=r"fc.weight has shape \(1000, 512\) but params/head/kernel \(512, 10\)"):
         r18.variables(r18.pth, keep_head=True)  # 10 classes
+    wn = make_model("resnet18", 1000, head_weight_norm=True)  # a (direction, length) head cannot take a linear one
+    wn_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                            jax.eval_shape(lambda: wn.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))))
+    with pytest.raises(PretrainedError, match="head is weight-normalised"):
+        load_pretrained(r18.st, wn_zeros, "resnet18", keep_head=True)
+    assert load_pretrained(r18.st, wn_zeros, "resnet18")[1].copied  # the backbone still loads
 
 
 def one_line(excinfo: pytest.ExceptionInfo) -> str:

@@ -245,6 +245,9 @@ def convert_state_dict(
         raise PretrainedError("keep_head needs a Classifier's variables (prefix='backbone'); "
                               "a bare backbone has no head")
     flat = {path: tuple(np.shape(leaf)) for path, leaf in flatten(variables).items()}
+    if keep_head and "params/head/scale" in flat:  # a checkpoint's linear layer is not a (direction, length) pair
+        raise PretrainedError(f"{source}: keep_head copies a linear class head, but this model's head is weight-"
+                              "normalised (model_kwargs head_weight_norm=True); drop one of the two")
     scope = f"/{prefix}/" if prefix else "/"
     head_name = "fc" if family == "resnet" else "head"
     plan: dict[str, Source] = {}
