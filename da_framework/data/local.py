@@ -115,7 +115,9 @@ def images_to_float(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.stack([preprocess_image(im, size, channels) for im in images]).astype(np.float32)
 
 
-def _read_only(a: np.ndarray) -> np.ndarray:
+def read_only(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous array that refuses writes (the same array when it is one already)."""
+    a = np.ascontiguousarray(a)
     a.setflags(write=False)
     return a
 
@@ -156,7 +158,7 @@ def local_image_domain(
     domain = Domain(
         name=name,
         splits={
-            s: ArraySource({"image": _read_only(x.copy()), "label": _read_only(y.copy())})
+            s: ArraySource({"image": read_only(x.copy()), "label": read_only(y.copy())})
             for s, (x, y) in parts.items()
         },
         num_classes=len(class_names),

@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from da_framework.data.domain import ArraySource, Domain, DomainError
-from da_framework.data.local import images_to_float, load_arrays, local_path
+from da_framework.data.local import images_to_float, load_arrays, local_path, read_only
 from da_framework.data.local_splits import stratified_split
 from da_framework.data.registry import register_domain
 
@@ -46,12 +46,6 @@ def _class_names(path: str) -> tuple[str, ...]:
     if names != CLASS_NAMES:
         raise DomainError(f"{path}: class_names {names} differ from the expected {CLASS_NAMES}")
     return names
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
 
 
 def cifar10_4class_domain(data_dir: str | None = None) -> Domain:
@@ -85,7 +79,7 @@ def cifar10_4class_domain(data_dir: str | None = None) -> Domain:
     }
     domain = Domain(
         name=DATASET,
-        splits={s: ArraySource({"image": _frozen(x), "label": _frozen(y)}) for s, (x, y) in parts.items()},
+        splits={s: ArraySource({"image": read_only(x), "label": read_only(y)}) for s, (x, y) in parts.items()},
         num_classes=len(names),
         input_shape=(32, 32, 3),
         description="CIFAR-10 airplane/bird/cat/dog 32x32x3 (local npz; JPEG q75 pixels, not bit-exact)",

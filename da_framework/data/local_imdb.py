@@ -28,7 +28,7 @@ import numpy as np
 
 from da_framework.data.catalog import DatasetNotPreparedError
 from da_framework.data.domain import ArraySource, Domain, DomainError
-from da_framework.data.local import local_path
+from da_framework.data.local import local_path, read_only
 from da_framework.data.local_splits import stratified_split
 from da_framework.data.registry import register_domain
 from da_framework.data.text import build_vocabulary, encode
@@ -99,11 +99,6 @@ def encode_all(texts: list[str], vocab: dict[str, int], length: int) -> np.ndarr
     return out
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a.setflags(write=False)
-    return a
-
-
 def imdb_domain(data_dir: str | None = None, *, vocab_size: int = VOCAB_SIZE, length: int = LENGTH) -> Domain:
     """IMDB as int32 token ids ``(length,)`` < ``vocab_size``; splits train/val/test (cached per file and sizes).
 
@@ -128,7 +123,7 @@ def imdb_domain(data_dir: str | None = None, *, vocab_size: int = VOCAB_SIZE, le
         "test": raw["test"],
     }
     splits = {
-        s: ArraySource({"text": _frozen(encode_all(t, vocab, length)), "label": _frozen(np.array(y, np.int32))})
+        s: ArraySource({"text": read_only(encode_all(t, vocab, length)), "label": read_only(np.array(y, np.int32))})
         for s, (t, y) in parts.items()
     }
     domain = Domain(

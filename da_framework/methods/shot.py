@@ -126,7 +126,7 @@ class ShotStep(TargetPassStep):
                  target_batch: Mapping[str, jax.Array], key: jax.Array) -> tuple[TrainState, Metrics]:
         """One SHOT step ``(state, source_batch, target_batch, key) -> (state, metrics)``."""
         hp, key_ = self.hp, self.key
-        tx = scaled_updates(self.tx, self.phase_factor(state.step))
+        tx = scaled_updates(self.tx, self.phase_factor(state.step)) if hp.phase_schedule else self.tx
         xs, ys, xt = source_batch[self.input_key], source_batch["label"], target_batch[self.input_key]
         if INDEX not in target_batch:
             raise LossError("shot: the target batches carry no 'index' field; train it through da_framework's "
