@@ -76,6 +76,12 @@ class ExperimentConfig:
         :mod:`da_framework.bench.selection` (IWCV, DEV, target entropy, SND) on the sources'
         val splits and at most 4,000 target train examples (``validator/<name>`` in the
         history), so a checkpoint can be picked by each of them.
+      forward_target: run the target batch through the model in the training step (True,
+        the default: one joint source + target pass).  False forwards the source batch alone,
+        for methods whose terms never read the target (source-only, domain generalisation:
+        DomainBed's step sees only the training environments); batch statistics then come from
+        the source batch alone.  A term or trainer that reads the target is then a one-line
+        error.  The standard trainer only; the DG trainers never forward it anyway.
       log_every: fetch metrics from the device every this many steps.
       num_devices: data-parallel devices (batch sharded over a 1-D mesh); 1 = one device.
       data_dir: tfds data directory for catalog domains (None: default).
@@ -113,6 +119,7 @@ class ExperimentConfig:
     eval_batch_size: int = 512
     eval_target_val: bool = False
     eval_validators: bool = False
+    forward_target: bool = True
     log_every: int = 50
     num_devices: int = 1
     data_dir: str | None = None

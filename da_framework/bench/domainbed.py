@@ -13,9 +13,9 @@ its ``leave_one_out`` selection rule needs (:mod:`da_framework.bench.dg_selectio
 :func:`domainbed_space` the random-search space of a method (``hparams_registry.py``'s
 ``SMALL_IMAGES`` branches) in :mod:`da_framework.bench.search` form.
 
-Known differences, not closed here: the step also forwards a batch of the test environment
-that no DG term reads (compute only: ``mnist_cnn`` and ``lenet`` have no batch statistics);
-initialisation is flax's, not PyTorch's; the search draws from NumPy generators seeded per
+The step forwards the training environments only (``forward_target=False``), as DomainBed's
+``update`` does: the test environment's batch is not run through the model.  Known
+differences, not closed here: initialisation is flax's, not PyTorch's; the search draws from NumPy generators seeded per
 (sample, trial, method), so its values are DomainBed's distributions, not its exact draws.
 """
 
@@ -66,6 +66,7 @@ def domainbed_dg(family: str, test_env: str, steps: int = 5001) -> dict[str, Any
         "steps": steps,
         "eval_every": 100,
         "eval_target_val": True,  # the test environment's out-split, for the test-domain oracle
+        "forward_target": False,  # DomainBed's update never sees the test environment
     }
 
 

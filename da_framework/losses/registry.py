@@ -105,6 +105,8 @@ class LossInputs:
         source or target (the ``source_*``/``target_*`` fields are then their
         concatenations, in domain order); empty for a two-domain step.  Read it through
         :meth:`sources` and :meth:`targets`, which also work for two-domain steps.
+      target_forwarded: False when the step ran the model on the source batch alone (config
+        ``forward_target=False``): the ``target_*`` fields are then None.
     """
 
     source_features: jax.Array
@@ -120,6 +122,7 @@ class LossInputs:
     term_states: Mapping[str, Any] | None = None
     apply_model: Callable[..., tuple[jax.Array, jax.Array]] | None = None
     domains: tuple[DomainView, ...] = ()
+    target_forwarded: bool = True
 
     def sources(self) -> tuple[DomainView, ...]:
         """The labelled domains of the step, one view each (one for a two-domain step)."""
@@ -128,7 +131,14 @@ class LossInputs:
         return (DomainView(0, True, self.source_features, self.source_logits, self.source_labels, self.source_inputs),)
 
     def targets(self) -> tuple[DomainView, ...]:
-        """The unlabelled domains of the step, one view each (one for a two-domain step)."""
+        """The unlabelled domains of the step, one view each (one for a two-domain step).
+
+        Raises:
+          LossError: when the step did not forward the target batch (``forward_target=False``).
+        """
+        if not self.target_forwarded:
+            raise LossError("this term reads the target domains, which forward_target=False does not forward; "
+                            "set forward_target=True")
         if self.domains:
             return tuple(d for d in self.domains if not d.labelled)
         return (DomainView(1, False, self.target_features, self.target_logits, None, self.target_inputs),)

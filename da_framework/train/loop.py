@@ -137,7 +137,7 @@ def build(config: ExperimentConfig) -> Experiment:
     method = parse_method(config.method)
     model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, config.bottleneck_norm, **build_kwargs(config.model_kwargs))
     tx = make_optimizer(config, inject_learning_rate=switches_learning_rate(method))
-    step = get_trainer(config.trainer, method)(
+    step = get_trainer(config.trainer, method, config.forward_target)(
         model, method, tx, config.steps, input_key=sources[0].input_key, compute_dtype=config.compute_dtype,
         num_sources=len(sources), num_targets=len(targets),
     )

@@ -3,7 +3,9 @@
 :func:`make_train_step` closes over the static parts (model, method, optimiser, number of
 steps) and returns a pure function of arrays, to be compiled once with ``jax.jit``.  Source
 and target batches go through the model in one concatenated forward pass, so
-normalisation statistics see both domains (as in DANN and Transfer-Learning-Library).
+normalisation statistics see both domains (as in DANN and Transfer-Learning-Library);
+``forward_target=False`` forwards the source batch alone, for methods that never read the
+target (DomainBed's step: a third less compute on its MNIST protocol).
 Target labels are never read.  With ``compute_dtype="bfloat16"`` the model runs in
 bfloat16 on float32 master weights and every loss term sees float32 logits and features
 (:mod:`da_framework.train.precision`).
@@ -91,10 +93,11 @@ def domain_views(
     """Splits a step's concatenated outputs (all sources, then all targets) into one view per domain.
 
     Each role's part holds the same number of examples from each of its domains, in order;
-    sources get ids 0..num_sources-1, targets num_sources.. .
+    sources get ids 0..num_sources-1, targets num_sources.. (``num_targets=0``: a pass over
+    the sources alone).
     """
     n_target = features.shape[0] - n_source
-    if n_source % num_sources or n_target % num_targets:
+    if n_source % num_sources or (n_target % num_targets if num_targets else n_target):
         raise ValueError(
             f"a step batch of {n_source} source / {n_target} target examples does not split into "
             f"{num_sources} source / {num_targets} target domains of equal size"
@@ -154,6 +157,21 @@ def reset_fires(step: jax.Array, total_steps: int, at: float, steps_of: float) -
     return (step > 0) & (count(step) >= at) & (count(step - 1) < at)
 
 
+def method_loss(method: Method, aux: Any, term_states: Any, inputs: LossInputs) -> Any:
+    """``method.loss(aux, term_states, inputs)``; when the step did not forward the target batch
+    (``inputs.target_forwarded`` False), a term touching a ``target_*`` field (None) is a
+    one-line :class:`LossError` naming the method and the fix, not a NoneType traceback."""
+    if inputs.target_forwarded:
+        return method.loss(aux, term_states, inputs)
+    try:
+        return method.loss(aux, term_states, inputs)
+    except (TypeError, AttributeError) as e:
+        if "NoneType" not in str(e):
+            raise
+        raise LossError(f"method {method.name!r} reads the target batch, which forward_target=False does not "
+                        f"forward ({type(e).__name__}: {e}); set forward_target=True") from e
+
+
 def make_train_step(
     model: Classifier,
     method: Method,
@@ -163,6 +181,7 @@ def make_train_step(
     compute_dtype: str = "float32",
     num_sources: int = 1,
     num_targets: int = 1,
+    forward_target: bool = True,
 ) -> TrainStep:
     """Builds the pure train step of ``method`` for ``model`` optimised by ``tx``.
 
@@ -177,6 +196,9 @@ def make_train_step(
       num_sources: labelled domains in the source batch: it is their concatenation, the
         same number of examples from each, in domain order.
       num_targets: unlabelled domains in the target batch, likewise.
+      forward_target: False runs the model on the source batch alone (config key
+        ``forward_target``): the ``target_*`` fields of :class:`LossInputs` are None and a term
+        that reads them is a one-line :class:`LossError` when the step is traced.
 
     Returns:
       ``step(state, source_batch, target_batch, key) -> (state, metrics)``; the source
@@ -197,8 +219,9 @@ def make_train_step(
 
     def loss_fn(params, state, source_batch, target_batch, key):
         k_model, k_loss = jax.random.split(key)
-        xs, xt = source_batch[input_key], target_batch[input_key]
-        n_s, joint = xs.shape[0], jnp.concatenate([xs, xt])
+        xs = source_batch[input_key]
+        xt = target_batch[input_key] if forward_target else None
+        n_s, joint = xs.shape[0], jnp.concatenate([xs, xt]) if forward_target else xs
         variables = {"params": lower(params["model"]), **state.model_state}
         mutable = list(state.model_state)
         out = model.apply(
@@ -217,12 +240,12 @@ def make_train_step(
         domains = ()
         if num_sources > 1 or num_targets > 1:
             domains = domain_views(feats, logits, joint, source_batch["label"], n_s,
-                                   num_sources, num_targets)
+                                   num_sources, num_targets if forward_target else 0)
         inputs = LossInputs(
             source_features=feats[:n_s],
-            target_features=feats[n_s:],
+            target_features=feats[n_s:] if forward_target else None,
             source_logits=logits[:n_s],
-            target_logits=logits[n_s:],
+            target_logits=logits[n_s:] if forward_target else None,
             source_labels=source_batch["label"],
             progress=jnp.minimum(state.step.astype(jnp.float32) / total_steps, 1.0),
             key=k_loss,
@@ -231,8 +254,9 @@ def make_train_step(
             params=params["model"],
             apply_model=apply_model,
             domains=domains,
+            target_forwarded=forward_target,
         )
-        out = method.loss(params["aux"], state.term_states, inputs)
+        out = method_loss(method, params["aux"], state.term_states, inputs)
         accuracy = jnp.mean(jnp.argmax(logits[:n_s], -1) == source_batch["label"])
         return out.total, (out, dict(new_model_state), accuracy)
 

@@ -16,6 +16,8 @@ signature and returns ``step(state, source_batch, target_batch, key) -> (state, 
 
 from __future__ import annotations
 
+import functools
+
 from da_framework.losses.registry import LossError, get_loss
 from da_framework.methods.adda import make_adda_step
 from da_framework.methods.andmask import make_andmask_step
@@ -47,6 +49,9 @@ TRAINERS: dict[str, StepBuilder] = {
     "arm": make_arm_step,
     "shot": make_shot_step,
 }
+# Trainers whose step never forwards the target batch (the DG trainers: DomainBed trains on its
+# training environments only), so ``forward_target=False`` changes nothing for them.
+TARGET_FREE_TRAINERS = frozenset({"mldg", "fish", "andmask", "sandmask", "iga", "rsc", "dann_alt", "sagnet", "arm"})
 
 
 def resolve_trainer(name: str, method: Method) -> str:
@@ -74,6 +79,18 @@ def resolve_trainer(name: str, method: Method) -> str:
     return name
 
 
-def get_trainer(name: str, method: Method) -> StepBuilder:
-    """The step builder of :func:`resolve_trainer` ``(name, method)``."""
-    return TRAINERS[resolve_trainer(name, method)]
+def get_trainer(name: str, method: Method, forward_target: bool = True) -> StepBuilder:
+    """The step builder of :func:`resolve_trainer` ``(name, method)``; with ``forward_target=False``
+    (config key), the standard step forwarding the source batch alone.
+
+    Raises:
+      LossError: as :func:`resolve_trainer`, or ``forward_target=False`` with a trainer whose step
+        reads the target batch (MCD, ADDA, SHOT).
+    """
+    resolved = resolve_trainer(name, method)
+    if forward_target or resolved in TARGET_FREE_TRAINERS:
+        return TRAINERS[resolved]
+    if resolved == "standard":
+        return functools.partial(make_train_step, forward_target=False)
+    raise LossError(f"trainer {resolved!r} of method {method.name!r} trains on the target batch, so forward_target=False "
+                    "cannot apply; set forward_target=True")
