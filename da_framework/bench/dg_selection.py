@@ -29,6 +29,7 @@ sample standard deviation (:func:`da_framework.bench.report.mean_std`) and say s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from da_framework.bench.domainbed_anchors import SOURCE, anchor_rows
 from da_framework.bench.report import TableData, method_name, summary_table
 from da_framework.errors import UserError
 
@@ -198,7 +200,14 @@ def rule_table(records: Sequence[Mapping[str, Any]], rule: str) -> TableData | N
             f"and trial. Test-environment in-split accuracy in %, mean ± sample std over {len(seeds)} trial seed(s) "
             "(DomainBed prints ± its std / sqrt(n)); avg = mean over test environments per seed, "
             "shown when every test environment has that seed.")
-    return summary_table(f"DomainBed selection: {rule}", cells, [*tests, "avg"], note=note)
+    table = summary_table(f"DomainBed selection: {rule}", cells, [*tests, "avg"], note=note)
+    anchors = anchor_rows(methods, [*tests, "avg"], rule)
+    if anchors:  # the published numbers beside ours, never bold
+        table = dataclasses.replace(
+            table, rows=[*table.rows, *anchors], bold=[*table.bold, *([False] * len(r) for r in anchors)],
+            note=table.note + f" Rows '(DomainBed)': the published numbers ({SOURCE}); the runs above may have "
+            "fewer steps, samples or trials (their configs say).")
+    return table
 
 
 def dg_tables(records: Sequence[Mapping[str, Any]]) -> list[TableData]:
