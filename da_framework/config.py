@@ -82,6 +82,10 @@ class ExperimentConfig:
         DomainBed's step sees only the training environments); batch statistics then come from
         the source batch alone.  A term or trainer that reads the target is then a one-line
         error.  The standard trainer only; the DG trainers never forward it anyway.
+      source_augment: augmentation of every source batch inside the compiled step, ops joined
+        by ``|`` (:mod:`da_framework.data.augment_spec`), e.g. SHOT's USPS source
+        ``"random_crop(pad=4, mode='constant') | random_rotation(max_degrees=10, order=0,
+        mode='constant')"``; empty (the default): none.  Target batches are never augmented.
       log_every: fetch metrics from the device every this many steps.
       num_devices: data-parallel devices (batch sharded over a 1-D mesh); 1 = one device.
       data_dir: tfds data directory for catalog domains (None: default).
@@ -120,6 +124,7 @@ class ExperimentConfig:
     eval_target_val: bool = False
     eval_validators: bool = False
     forward_target: bool = True
+    source_augment: str = ""
     log_every: int = 50
     num_devices: int = 1
     data_dir: str | None = None

@@ -49,7 +49,8 @@ NON_SEMANTIC_KEYS = frozenset({"name", "data_dir", "checkpoint_every", "checkpoi
 # Config keys added after records were first written, with the value that reproduces the old
 # behaviour: hashed only when set to something else, so older records keep their hash.
 LATER_KEYS: dict[str, Any] = {"trainer": "auto", "bottleneck_norm": "layer", "lr_multipliers": {}, "momentum": 0.9, "eval_target_val": False,
-                              "eval_validators": False, "forward_target": True}
+                              "eval_validators": False, "forward_target": True,
+                              "source_augment": ""}
 
 
 class RecordError(UserError):

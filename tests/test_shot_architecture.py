@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from da_framework.bench.protocols import SHOT_EPOCH_STEPS, shot_digits
+from da_framework.data.augment_spec import parse_augment
 from da_framework.models.registry import ModelError, make_model
 from da_framework.models.weight_norm import WeightNormDense
 
@@ -131,6 +132,10 @@ def test_protocol_lengths_are_thirty_epochs_of_each_phase():
     assert shot_digits("usps", "mnist")["method"].endswith("shot(pretrain_steps=3090, phase_schedule=True)")
     assert short["steps"] == 5000 and "pretrain_steps=2500" in short["method"]
     assert full["lr_schedule"] == short["lr_schedule"] == "constant"  # SHOT's schedule is the trainer's
+    # SHOT augments only the USPS source (u2m: RandomCrop(28, padding=4) + RandomRotation(10))
+    assert "source_augment" not in full and parse_augment(short["source_augment"]) == [
+        ("random_crop", (), {"pad": 4, "mode": "constant"}),
+        ("random_rotation", (), {"max_degrees": 10, "order": 0, "mode": "constant"})]
 
 
 @pytest.mark.parametrize("name", ["mnist_usps_shot", "usps_mnist_shot", "mnist_usps_shot_short", "usps_mnist_shot_short"])

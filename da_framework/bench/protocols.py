@@ -79,6 +79,9 @@ def tllib_digits(source: str, target: str, short: bool = False) -> dict[str, Any
 # SHOT's digits scripts (tim-learn/SHOT digit/uda_digit.py, digit.sh): 30 epochs of each phase,
 # batch 64; one epoch of the train split here is ceil(n / 64) steps (54,000 MNIST, 6,562 USPS).
 SHOT_EPOCH_STEPS = {"mnist": 844, "usps": 103}
+# SHOT's u2m source transform, RandomCrop(28, padding=4) then RandomRotation(10): zero padding,
+# nearest interpolation, fill 0 (torchvision's defaults), on images in [0, 1] before normalisation.
+SHOT_USPS_AUGMENT = "random_crop(pad=4, mode='constant') | random_rotation(max_degrees=10, order=0, mode='constant')"
 
 
 def shot_digits(source: str, target: str, short: bool = False) -> dict[str, Any]:
@@ -95,8 +98,10 @@ def shot_digits(source: str, target: str, short: bool = False) -> dict[str, Any]
 
     Differences from SHOT's code, each stated where it is measured (docs/real_digits.md): the
     last source checkpoint (SHOT keeps the best on the source *test* split); 90% of each train file
-    (SHOT: all of it); USPS -> MNIST trains its source without SHOT's RandomCrop(28, pad 4) +
-    RandomRotation(10); flax initialisation (SHOT: Xavier-normal linears, Kaiming-uniform convs).
+    (SHOT: all of it); flax initialisation (SHOT: Xavier-normal linears, Kaiming-uniform convs).
+    USPS -> MNIST augments its source batches as SHOT's ``RandomCrop(28, padding=4)`` +
+    ``RandomRotation(10)`` do (:data:`SHOT_USPS_AUGMENT`, config key ``source_augment``; the
+    target is never augmented, as in SHOT); MNIST -> USPS has no augmentation, as in SHOT.
 
     Args:
       source: ``"mnist"`` or ``"usps"``.
@@ -105,6 +110,7 @@ def shot_digits(source: str, target: str, short: bool = False) -> dict[str, Any]
         instead of 30 epochs of each (28,410 steps).
     """
     pretrain = 2500 if short else 30 * SHOT_EPOCH_STEPS[source]
+    augment = {"source_augment": SHOT_USPS_AUGMENT} if source == "usps" else {}
     steps = 5000 if short else pretrain + 30 * SHOT_EPOCH_STEPS[target]
     return {
         "source": source,
@@ -122,4 +128,5 @@ def shot_digits(source: str, target: str, short: bool = False) -> dict[str, Any]
         "weight_decay": 1e-3,
         "steps": steps,
         "eval_every": 500 if short else 1000,
+        **augment,
     }

@@ -34,6 +34,7 @@ import numpy as np
 from da_framework.config import ConfigError, ExperimentConfig
 from da_framework.train.evaluate import make_predict_fn
 from da_framework.train.loop import RunResult, batch_streams, build, check_finite, evaluate_state, init_state
+from da_framework.train.source_augment import trainer_step
 from da_framework.train.target_pass import TargetPassStep
 
 
@@ -98,7 +99,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int], execution: str =
     mode = resolve_execution(execution)
     start = time.perf_counter()
     exp = build(config)
-    if isinstance(exp.step, TargetPassStep):
+    if isinstance(trainer_step(exp.step), TargetPassStep):
         raise ConfigError(f"trainer of {config.method!r} reads the whole target split between steps "
                           "(train/target_pass.py), which vmapped seeds do not run; run its seeds separately")
     streams = [batch_streams(exp, s, config.batch_size) for s in seeds]

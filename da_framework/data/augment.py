@@ -92,13 +92,24 @@ def random_crop(key: jax.Array, images: jax.Array, pad: int = 2, mode: str = "re
     return _per_example(lambda k, im: pix.random_crop(k, im, (h, w, c)), key, padded).astype(images.dtype)
 
 
-def random_rotation(key: jax.Array, images: jax.Array, max_degrees: float = 15.0) -> jax.Array:
-    """Rotates each image by an angle uniform in [-max_degrees, max_degrees] (bilinear, edge fill)."""
+def random_rotation(key: jax.Array, images: jax.Array, max_degrees: float = 15.0, order: int = 1,
+                    mode: str = "nearest", cval: float = 0.0) -> jax.Array:
+    """Rotates each image about its centre by an angle uniform in [-max_degrees, max_degrees].
+
+    ``order`` 1 is bilinear, 0 nearest; ``mode="nearest"`` fills the corners with the edge
+    pixels, ``mode="constant"`` with ``cval`` (torchvision's ``RandomRotation(d)``: nearest,
+    fill 0, i.e. ``order=0, mode="constant"``).
+    """
     _check_images(images, "random_rotation")
+    if order not in (0, 1):
+        raise AugmentError(f"random_rotation: order must be 0 (nearest) or 1 (bilinear), got {order!r}")
+    if mode not in ("nearest", "constant", "wrap", "mirror", "reflect"):
+        raise AugmentError(f"random_rotation: unknown mode {mode!r}; valid: nearest, constant, wrap, mirror, reflect")
     limit = math.radians(max_degrees)
 
     def op(k: jax.Array, im: jax.Array) -> jax.Array:
-        return pix.rotate(im, jax.random.uniform(k, (), jnp.float32, -limit, limit), order=1, mode="nearest")
+        angle = jax.random.uniform(k, (), jnp.float32, -limit, limit)
+        return pix.rotate(im, angle, order=order, mode=mode, cval=cval)
 
     return _per_example(op, key, images)
 

@@ -41,6 +41,7 @@ from da_framework.train.parallel import ParallelError, make_mesh, replicate, sha
 from da_framework.train.state import TrainState, init_train_state
 from da_framework.train.step import TrainStep, switches_learning_rate
 from da_framework.train.target_pass import TargetPassStep, target_outputs
+from da_framework.train.source_augment import trainer_step, with_source_augment
 from da_framework.train.trainers import get_trainer
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -143,6 +144,7 @@ def build(config: ExperimentConfig) -> Experiment:
     )
     if (check := getattr(step, "check_config", None)) is not None:  # a trainer refusing settings it cannot honour
         check(config)
+    step = with_source_augment(step, config.source_augment, sources[0].input_key)
     return Experiment(config, sources, targets, model, method, tx, step)
 
 
@@ -154,7 +156,7 @@ def batch_streams(exp: Experiment, stream: int, batch_size: int) -> tuple[Any, A
     c, x_key = exp.config, exp.input_key
     reading = {"workers": c.data_workers, "read_threads": c.data_threads}
     src = joint_batches(list(exp.sources), batch_size, 2 * stream, (x_key, "label"), reading)
-    t_fields = (x_key, INDEX) if isinstance(exp.step, TargetPassStep) else (x_key,)
+    t_fields = (x_key, INDEX) if isinstance(trainer_step(exp.step), TargetPassStep) else (x_key,)
     tgt = joint_batches(list(exp.targets), batch_size, 2 * stream + 1, t_fields, reading)
     return src, tgt
 
@@ -277,7 +279,7 @@ def train(config: ExperimentConfig, on_log: LogFn | None = None) -> RunResult:
     state = jax.jit(functools.partial(init_state, exp))(key_init, first_s, first_t, pretrained)
     history: list[dict[str, Any]] = []
     s_batch, t_batch = first_s, first_t
-    passes = exp.step if isinstance(exp.step, TargetPassStep) else None
+    passes = trainer_step(exp.step) if isinstance(trainer_step(exp.step), TargetPassStep) else None
     if passes is not None:  # per-example state sized before the step compiles (train/target_pass.py)
         if len(exp.targets) != 1:
             raise DomainError(f"trainer {config.trainer!r} of {config.method!r} reads one target domain, got "
