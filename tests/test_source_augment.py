@@ -109,3 +109,11 @@ def test_runs_through_train_and_through_a_target_pass_trainer():
 def test_a_bad_spec_fails_at_build():
     with pytest.raises(AugmentSpecError, match="unknown augment op 'flip'"):
         build(ExperimentConfig(method="source_only", steps=1, source_augment="flip", **TINY))
+
+
+def test_inputs_that_are_not_1_or_3_channel_images_are_refused_at_build():
+    with pytest.raises(AugmentSpecError, match=r"1 or 3 channels; the source's 'image' inputs have shape \(28, 28, 2\)"):
+        with_source_augment(lambda *a: a, "random_flip", "image", (28, 28, 2))
+    with pytest.raises(AugmentSpecError, match="'text' inputs have shape"):
+        with_source_augment(lambda *a: a, "random_flip", "text", (64,))
+    assert isinstance(with_source_augment(lambda *a: a, "random_flip", "image", (28, 28, 1)), AugmentedStep)

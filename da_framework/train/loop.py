@@ -38,10 +38,10 @@ from da_framework.train.finite import NonFiniteLossError, check_finite, first_ba
 from da_framework.train.method import Method, parse_method
 from da_framework.train.optimizers import make_optimizer
 from da_framework.train.parallel import ParallelError, make_mesh, replicate, shard_batch
+from da_framework.train.source_augment import trainer_step, with_source_augment
 from da_framework.train.state import TrainState, init_train_state
 from da_framework.train.step import TrainStep, switches_learning_rate
 from da_framework.train.target_pass import TargetPassStep, target_outputs
-from da_framework.train.source_augment import trainer_step, with_source_augment
 from da_framework.train.trainers import get_trainer
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -144,7 +144,7 @@ def build(config: ExperimentConfig) -> Experiment:
     )
     if (check := getattr(step, "check_config", None)) is not None:  # a trainer refusing settings it cannot honour
         check(config)
-    step = with_source_augment(step, config.source_augment, sources[0].input_key)
+    step = with_source_augment(step, config.source_augment, sources[0].input_key, sources[0].input_shape)
     return Experiment(config, sources, targets, model, method, tx, step)
 
 

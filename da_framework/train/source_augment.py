@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from da_framework.data.augment_spec import make_augment
+from da_framework.data.augment_spec import AugmentSpecError, make_augment
 
 AUGMENT_SALT = 0x5A06  # the step key's fold for the source augmentation
 
@@ -41,7 +41,8 @@ class AugmentedStep:
         return self.inner(state, {**source_batch, self.input_key: images}, target_batch, key)
 
 
-def with_source_augment(step: Step, spec: str, input_key: str = "image") -> Step:
+def with_source_augment(step: Step, spec: str, input_key: str = "image",
+                        input_shape: tuple[int, ...] | None = None) -> Step:
     """``step`` with its source inputs augmented by ``spec``; ``step`` itself for an empty spec.
 
     Args:
@@ -49,11 +50,18 @@ def with_source_augment(step: Step, spec: str, input_key: str = "image") -> Step
       spec: an augmentation spec (:mod:`da_framework.data.augment_spec`), e.g.
         ``"random_crop(pad=4, mode='constant') | random_rotation(max_degrees=10, order=0, mode='constant')"``.
       input_key: the batch field holding model inputs.
+      input_shape: the shape of one input, checked when given: the ops take (H, W, C) images
+        with 1 or 3 channels.
 
     Raises:
-      AugmentSpecError: a spec that does not parse (one line, before anything compiles).
+      AugmentSpecError: a spec that does not parse, or inputs that are not such images (one
+        line, before anything compiles).
     """
     augment = make_augment(spec)
+    if augment is not None and input_shape is not None and (
+            input_key != "image" or len(input_shape) != 3 or input_shape[-1] not in (1, 3)):
+        raise AugmentSpecError(f"source_augment needs (H, W, C) images with 1 or 3 channels; the source's "
+                               f"{input_key!r} inputs have shape {tuple(input_shape)}; leave source_augment empty")
     return step if augment is None else AugmentedStep(step, augment, input_key)
 
 
