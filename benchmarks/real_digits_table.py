@@ -64,15 +64,20 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
-SETTING_KEYS = ("learning_rate", "momentum", "lr_schedule", "weight_decay", "bottleneck_norm", "bottleneck_dim", "batch_size", "steps")
+SETTING_KEYS = ("learning_rate", "momentum", "lr_schedule", "weight_decay", "bottleneck_norm", "bottleneck_dim", "batch_size", "steps",
+                "source_augment")
 
 
 def settings(config: dict) -> str:
     """The config values of a record that differ from its experiment file's (``--set`` overrides), as ``k=v, ...``."""
     from da_framework.experiment_files import load_experiment
+    from da_framework.results import LATER_KEYS
 
     base = load_experiment(config["name"])
-    return ", ".join(f"{k}={config[k]}" for k in SETTING_KEYS if k in config and config[k] != getattr(base, k))
+    # a key newer than the record reads as the value that reproduces the record's behaviour
+    values = {k: config.get(k, LATER_KEYS.get(k)) for k in SETTING_KEYS if k in config or k in LATER_KEYS}
+    return ", ".join(f"{k}={v!r}" if isinstance(v, str) and not v else f"{k}={v}"
+                     for k, v in values.items() if v != getattr(base, k))
 
 
 def anchor_method(method: str) -> str | None:
