@@ -66,12 +66,14 @@ MODELS: dict[str, dict[str, Any]] = {
     "lenet": dict(name="lenet", shape=(28, 28, 1), classes=10, batch=32, kwargs={}),
     # the CIFAR-style ResNet-8 (BatchNorm) on 32x32 RGB images (CIFAR-10 / digits in colour)
     "resnet8": dict(name="resnet8", shape=(32, 32, 3), classes=10, batch=32, kwargs={}),
+    # tllib's DTN (SVHN -> MNIST digits CNN) on 32x32 RGB images
+    "dtn": dict(name="dtn", shape=(32, 32, 3), classes=10, batch=32, kwargs={}),
     # ResNet-50 on 224x224 RGB (Office-31 has 31 classes)
     "resnet50": dict(name="resnet50", shape=(224, 224, 3), classes=31, batch=32, kwargs={}),
     # ViT-Base/16 on 224x224 RGB: a matmul-bound backbone (JAX side only; no PyTorch twin here)
     "vit_b16": dict(name="vit_b16", shape=(224, 224, 3), classes=31, batch=32, kwargs={}),
 }
-TORCH_MODELS = ("lenet", "resnet8", "resnet50")  # the models torch_twins.py has a PyTorch version of
+TORCH_MODELS = ("lenet", "dtn", "resnet8", "resnet50")  # the models torch_twins.py has a PyTorch version of
 METHODS: dict[str, str] = {
     "source_only": "cross_entropy",
     "dann": "cross_entropy + 1.0*dann",
@@ -94,8 +96,14 @@ class Runner:
 # --------------------------------------------------------------------------------- JAX
 
 
-def jax_runner(model_name: str, method_name: str, dtype: str, batch: int, seed: int = 0) -> Runner:
-    """The da_framework step of ``method_name`` on ``model_name``, compiled, with warm state."""
+def jax_runner(model_name: str, method_name: str, dtype: str, batch: int, seed: int = 0,
+               load: str | None = None) -> Runner:
+    """The da_framework step of ``method_name`` on ``model_name``, compiled, with warm state.
+
+    ``load``: a torchvision / timm state_dict file loaded into the backbone after
+    initialisation (:func:`da_framework.transfer.pretrained.load_pretrained`), as ``da run``
+    does for ``model_kwargs={"pretrained": file}``.
+    """
     spec = MODELS[model_name]
     model = make_model(spec["name"], spec["classes"], BOTTLENECK, **spec["kwargs"])
     method = parse_method(METHODS[method_name])
@@ -111,6 +119,13 @@ def jax_runner(model_name: str, method_name: str, dtype: str, batch: int, seed: 
     state = jax.jit(lambda k: init_train_state(k, model, method, tx, s0["image"], t0["image"], s0["label"]))(
         jax.random.key(seed)
     )
+    if load is not None:
+        from da_framework.transfer.pretrained import load_pretrained
+
+        variables, report = load_pretrained(load, {"params": state.params["model"], **state.model_state}, spec["name"])
+        print(f"loaded {load}: {report.summary()}")
+        state = state.replace(params={**state.params, "model": variables["params"]},
+                              model_state={k: variables[k] for k in state.model_state})
     raw = make_train_step(model, method, tx, 10_000, compute_dtype=dtype)
     step = jax.jit(lambda st, s, t, k: raw(st, s, t, jax.random.fold_in(k, st.step)), donate_argnums=0)
     key = jax.random.key(seed + 1)

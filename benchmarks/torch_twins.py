@@ -115,7 +115,23 @@ class ResNet50(nn.Module):
         return self.layers(self.stem(x)).mean(dim=(2, 3))
 
 
-BACKBONES: dict[str, Callable[[], nn.Module]] = {"lenet": LeNet, "resnet8": ResNet8, "resnet50": ResNet50}
+class DTN(nn.Module):
+    """da_framework's ``dtn`` (tllib's digits DTN): 3 stride-2 5x5 convs with BN, Dropout2d, ReLU; dense 512."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout, rate in ((3, 64, 0.1), (64, 128, 0.3), (128, 256, 0.5)):
+            layers += [nn.Conv2d(cin, cout, 5, 2, 2), nn.BatchNorm2d(cout), nn.Dropout2d(rate), nn.ReLU()]
+        layers += [nn.Flatten(1), nn.Linear(256 * 4 * 4, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.5)]
+        self.layers = nn.Sequential(*layers)
+        self.out_features = 512
+
+    def forward(self, x):  # noqa: ANN001, ANN201, D102
+        return self.layers(x)
+
+
+BACKBONES: dict[str, Callable[[], nn.Module]] = {"lenet": LeNet, "dtn": DTN, "resnet8": ResNet8, "resnet50": ResNet50}
 
 
 class Classifier(nn.Module):

@@ -45,7 +45,11 @@ def _conv_dnums(jaxpr):
 
 
 def test_gradient_convolutions_inside_a_scan_are_canonical():
-    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((5, 5, 3, 4))
+    # Random inputs of unit scale keep the loss well conditioned: with all-ones inputs the
+    # outputs reach 75, where sin() turns float32 summation-order differences (which differ
+    # between CPUs) into 1e-3 differences after three steps.
+    kx, kw = jax.random.split(jax.random.key(1))
+    x, w = jax.random.normal(kx, (2, 8, 8, 3)), 0.2 * jax.random.normal(kw, (5, 5, 3, 4))
     f = _loss(("NHWC", "HWIO", "NHWC"), "SAME", (1, 1))
     canonical = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -55,7 +59,7 @@ def test_gradient_convolutions_inside_a_scan_are_canonical():
     plain, friendly = (_conv_dnums(jax.make_jaxpr(loop(g))(x, w).jaxpr) for g in (f, loop_friendly_convs(f)))
     assert len(friendly) == 3 and all(d == canonical for d in friendly)  # forward, input and kernel gradient
     assert any(d != canonical for d in plain)  # JAX's own gradients are not canonical (what the rewrite is for)
-    np.testing.assert_allclose(jax.jit(loop(loop_friendly_convs(f)))(x, w), jax.jit(loop(f))(x, w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(loop(loop_friendly_convs(f)))(x, w), jax.jit(loop(f))(x, w), rtol=1e-5, atol=1e-5)
 
 
 def test_has_convolutions_finds_nested_ones():

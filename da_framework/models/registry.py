@@ -10,6 +10,7 @@ import flax.linen as nn
 from da_framework.errors import UserError
 from da_framework.models.arm import ARMFeaturizer
 from da_framework.models.classifier import BOTTLENECK_NORMS, Classifier, check_head
+from da_framework.models.dtn import DTN
 from da_framework.models.lenet import LeNet, lenet_shot, lenet_tllib
 from da_framework.models.mlp import MLP
 from da_framework.models.mnist_cnn import MNISTCNN
@@ -23,6 +24,7 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "lenet": (LeNet, "LeNet CNN for digits: conv20-conv50-dense500"),
     "lenet_tllib": (lenet_tllib, "tllib's digits LeNet: VALID convs, Dropout2d 0.5, 800 -> 500, Dropout 0.5"),
     "lenet_shot": (lenet_shot, "SHOT's digits LeNetBase: VALID convs, Dropout2d 0.5, 800 features (no dense layer)"),
+    "dtn": (DTN, "tllib's DTN for 32x32 RGB digits: 3 stride-2 convs 64-128-256 with BN + Dropout2d, dense 512"),
     "mnist_cnn": (MNISTCNN, "DomainBed's MNIST_CNN: 4 convs 64-128-128-128 with ReLU + GroupNorm(8), mean-pool, 128 features"),
     "resnet8": (ResNet8, "CIFAR-style ResNet-8, width 16"),
     "resnet20": (ResNet20, "CIFAR-style ResNet-20, width 16"),
