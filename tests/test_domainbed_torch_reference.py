@@ -49,40 +49,47 @@ def _copy_weights(params, net) -> None:
 
 @pytest.mark.parametrize("algorithm", ["IRM", "VREx"])
 def test_reference_network_and_loss_match_ours(algorithm):
+    # Both sides in float64: in float32 the two frameworks' summation orders differ by up to
+    # 2% in a few small gradient entries (seen on one CPU), which says nothing about the losses.
     ref = _reference()
     rng = np.random.default_rng(0)
     n = 8  # per environment, two environments
-    x = rng.random((2 * n, 28, 28, 2)).astype(np.float32)
+    x = rng.random((2 * n, 28, 28, 2))
     y = rng.integers(0, 2, 2 * n).astype(np.int32)
     model = make_model("mnist_cnn", 2)
-    params = model.init(jax.random.key(1), jnp.asarray(x))["params"]
+    params = model.init(jax.random.key(1), jnp.asarray(x, jnp.float32))["params"]
     net = ref.MNISTCNN()
     _copy_weights(params, net)
+    net = net.double()
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     yt = torch.from_numpy(y.astype(np.int64))
     logits_t = net(xt)
-    logits_j, _ = model.apply({"params": params}, jnp.asarray(x))
-    np.testing.assert_allclose(logits_t.detach().numpy(), np.asarray(logits_j), rtol=1e-4, atol=1e-5)
-
     weight = 100.0 if algorithm == "IRM" else 10.0
     loss_t, _ = ref.step_loss(algorithm, list(torch.split(logits_t, n)), list(torch.split(yt, n)), weight)
     loss_t.backward()
 
-    def ours(p):
-        z, _ = model.apply({"params": p}, jnp.asarray(x))
-        envs = [(z[:n], jnp.asarray(y[:n])), (z[n:], jnp.asarray(y[n:]))]
-        if algorithm == "IRM":
-            penalty = jnp.mean(jnp.stack([irm_penalty(zz, yy) for zz, yy in envs]))
-        else:
-            risks = jnp.stack([cross_entropy(zz, yy) for zz, yy in envs])
-            penalty = jnp.mean((risks - risks.mean()) ** 2)
-        return cross_entropy(z, jnp.asarray(y)) + weight * penalty
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x64 = jnp.asarray(x, jnp.float64)
+        logits_j, _ = model.apply({"params": p64}, x64)
+        np.testing.assert_allclose(logits_t.detach().numpy(), np.asarray(logits_j), rtol=1e-9, atol=1e-9)
 
-    loss_j, grads = jax.value_and_grad(ours)(params)
-    np.testing.assert_allclose(loss_t.item(), float(loss_j), rtol=1e-4)
+        def ours(p):
+            z, _ = model.apply({"params": p}, x64)
+            envs = [(z[:n], jnp.asarray(y[:n])), (z[n:], jnp.asarray(y[n:]))]
+            if algorithm == "IRM":
+                penalty = jnp.mean(jnp.stack([irm_penalty(zz, yy) for zz, yy in envs]))
+            else:
+                risks = jnp.stack([cross_entropy(zz, yy) for zz, yy in envs])
+                penalty = jnp.mean((risks - risks.mean()) ** 2)
+            return cross_entropy(z, jnp.asarray(y)) + weight * penalty
+
+        loss_j, grads = jax.value_and_grad(ours)(p64)
+        grads = jax.tree.map(np.asarray, grads)
+    np.testing.assert_allclose(loss_t.item(), float(loss_j), rtol=1e-6)  # our losses reduce in float32
     g_t = net.features[0].weight.grad.numpy().transpose(2, 3, 1, 0)
-    g_j = np.asarray(grads["backbone"]["Conv_0"]["kernel"])
+    g_j = grads["backbone"]["Conv_0"]["kernel"]
     assert np.abs(g_j).max() > 0
-    np.testing.assert_allclose(g_t, g_j, rtol=1e-3, atol=1e-3 * np.abs(g_j).max())
-    np.testing.assert_allclose(net.classifier.weight.grad.numpy().T, np.asarray(grads["head"]["kernel"]),
-                               rtol=1e-3, atol=1e-3 * np.abs(np.asarray(grads["head"]["kernel"])).max())
+    np.testing.assert_allclose(g_t, g_j, rtol=1e-4, atol=1e-6 * np.abs(g_j).max())
+    np.testing.assert_allclose(net.classifier.weight.grad.numpy().T, grads["head"]["kernel"],
+                               rtol=1e-4, atol=1e-6 * np.abs(grads["head"]["kernel"]).max())

@@ -67,7 +67,7 @@ def test_eval_forward_equals_tllibs_dtn():
     variables = _perturbed(model.init(jax.random.key(1), jnp.asarray(x)), np.random.default_rng(0))
     with jax.enable_x64(True):
         v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
-        ours = np.asarray(model.apply(v64, jnp.asarray(x, jnp.float64)))
+        ours = np.asarray(jax.jit(model.apply)(v64, jnp.asarray(x, jnp.float64)))
     net = _tllib_dtn()
     _load(net, variables)
     net.eval()
@@ -84,7 +84,7 @@ def test_train_mode_batch_norm_and_its_statistics_equal_torchs():
     variables = _perturbed(model.init(jax.random.key(3), jnp.asarray(x)), np.random.default_rng(1))
     with jax.enable_x64(True):
         v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
-        ours, updated = model.apply(v64, jnp.asarray(x, jnp.float64), train=True, mutable=["batch_stats"])
+        ours, updated = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(v64, jnp.asarray(x, jnp.float64))
         ours = np.asarray(ours)
         updated = jax.tree.map(np.asarray, updated["batch_stats"])
     net = _tllib_dtn(rates=(0.0, 0.0, 0.0), dense_rate=0.0)

@@ -68,7 +68,7 @@ def test_hparams_are_python_literals():
     m = parse_method("cross_entropy + 2*test_tuple_hparams(alphas=(1.0, 2.0), tag='x, y')@linear")
     assert dict(m.terms[1].hparams) == {"alphas": (1.0, 2.0), "tag": "x, y"}
     assert dict(parse_method("test_tuple_hparams(tag=\"a)+b\")").terms[0].hparams) == {"tag": "a)+b"}
-    assert dict(parse_method("mmd(estimator=unbiased)").terms[0].hparams) == {"estimator": "unbiased"}  # bare word
+    assert dict(parse_method("1.0*mmd(estimator=unbiased)").terms[0].hparams) == {"estimator": "unbiased"}  # bare word
 
 
 @pytest.mark.parametrize(

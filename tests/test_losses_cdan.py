@@ -174,11 +174,11 @@ def test_registered_terms_through_method(name):
 
 def test_randomized_switch_in_term():
     inputs = _inputs()
-    method = parse_method("cdan(randomized=True, random_dim=32)")
+    method = parse_method("1.0*cdan(randomized=True, random_dim=32)")
     aux = method.init(jax.random.key(1), inputs)[0]
     assert aux["cdan"]["Dense_0"]["kernel"].shape[0] == 32
     with pytest.raises(LossError, match="randomized"):
-        m = parse_method("cdan(randomized=maybe)")
+        m = parse_method("1.0*cdan(randomized=maybe)")
         m.init(jax.random.key(1), inputs)[0]
 
 

@@ -99,3 +99,21 @@ def test_dann_aux_parameters_are_created_and_used():
     shifted = {"dann": {**zero["dann"], last: {**zero["dann"][last], "bias": jnp.full((1,), 2.0)}}}
     expected = _np_domain_bce(np.array([2.0]), np.array([2.0]))
     assert float(method.loss(shifted, {}, inputs)[1]["dann"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_preset_name_with_arguments_alone_is_refused_not_trained_without_labels():
+    # 'dann(hidden_size=1024)' once parsed as the DANN loss alone: a run trained no classifier
+    # (7.7% on USPS) and nothing said why.  Now it is a one-line error naming both spellings.
+    with pytest.raises(LossError, match=r"'dann' alone.*'cross_entropy \+ dann\(hidden_size=1024\)'.*'1.0\*dann"):
+        parse_method("dann(hidden_size=1024)")
+    with pytest.raises(LossError, match=r"cross_entropy\(label_smoothing=0.1\) \+ shot\(pretrain_steps=5\)"):
+        parse_method("shot(pretrain_steps=5)")
+    with pytest.raises(LossError, match="'dann' alone"):
+        parse_method("dann@dann_ramp")
+    # an explicit weight says the loss alone is meant; the bare preset name and a loss that is
+    # its own preset's only term are unchanged
+    assert [t.loss for t in parse_method("1.0*dann(hidden_size=8)").terms] == ["dann"]
+    assert [t.loss for t in parse_method("dann").terms] == ["cross_entropy", "dann"]
+    assert [t.loss for t in parse_method("cross_entropy(label_smoothing=0.1)").terms] == ["cross_entropy"]
+    hp = parse_method("cross_entropy + dann(hidden_size=8)").terms[1].hparams
+    assert dict(hp) == {"hidden_size": 8}

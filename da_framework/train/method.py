@@ -344,11 +344,26 @@ def parse_method(spec: str, name: str | None = None) -> Method:
                 f"'[weight*]loss[(k=v, ...)][@schedule][ as key]' joined by '+' or '-', or use a preset: {presets}"
             )
         weight = _parse_weight(m["weight"], m["loss"], spec)
-        terms.append(LossTerm(
-            m["loss"], -weight if sign == "-" else weight, m["schedule"] or "constant",
-            _parse_hparams(m["hparams"], m["loss"]), m["key"],
-        ))
+        hparams = _parse_hparams(m["hparams"], m["loss"])
+        if len(_split_terms(text)) == 1 and m["weight"] is None and text is spec:
+            _refuse_preset_name_alone(m["loss"], part.strip())
+        terms.append(LossTerm(m["loss"], -weight if sign == "-" else weight, m["schedule"] or "constant", hparams, m["key"]))
     return Method(label, tuple(terms))
+
+
+def _refuse_preset_name_alone(loss: str, term: str) -> None:
+    """A lone unweighted term with arguments, ``dann(hidden_size=1024)``, named after a preset
+    that adds a supervised term (``dann`` = ``cross_entropy + 1.0*dann``) is the loss alone,
+    which trains no classifier: almost surely not what was meant, so it is refused in one line.
+    An explicit weight (``1.0*dann(...)``) says the loss alone is meant."""
+    preset = PRESETS.get(loss)
+    if preset is None or len(_split_terms(preset)) == 1:
+        return
+    rest = " + ".join(p.strip() for _, p in _split_terms(preset) if _TERM_RE.match(p.strip())["loss"] != loss)
+    raise LossError(
+        f"method {term!r} is the loss {loss!r} alone, but the preset {loss!r} is {preset!r}: write it out with "
+        f"the arguments, e.g. '{rest} + {term}', or write '1.0*{term}' to train on {loss!r} alone"
+    )
 
 
 def _parse_weight(text: str | None, loss: str, spec: str) -> float:
