@@ -57,7 +57,7 @@ def test_freeze_rejects_unmatched_pattern(setup):
 
 def test_discriminative_lr_scales_sgd_updates(setup):
     params, x, y = setup
-    grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(MODEL.apply({"params": p}, x)[0], y).mean())(params)
+    grads = jax.jit(jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(MODEL.apply({"params": p}, x)[0], y).mean()))(params)
     tx = discriminative_lr(optax.sgd, params, [(r"^backbone/Conv", 0.0), (r"^backbone/", 0.1)], base_lr=0.5)
     updates, _ = tx.update(grads, tx.init(params), params)
     fu, fg = flatten(updates), flatten(grads)
