@@ -330,7 +330,9 @@ def parse_method(spec: str, name: str | None = None) -> Method:
     label = name or spec.strip()
     text = PRESETS.get(spec.strip(), spec)
     terms = []
-    for sign, part in _split_terms(text):
+    parts = _split_terms(text)
+    lone = len(parts) == 1 and spec.strip() not in PRESETS  # one term written out, not a preset name
+    for sign, part in parts:
         if not part.strip():
             raise LossError(
                 f"method {spec!r} has an empty term or a signed weight (two signs in a row, or a trailing "
@@ -345,7 +347,7 @@ def parse_method(spec: str, name: str | None = None) -> Method:
             )
         weight = _parse_weight(m["weight"], m["loss"], spec)
         hparams = _parse_hparams(m["hparams"], m["loss"])
-        if len(_split_terms(text)) == 1 and m["weight"] is None and text is spec:
+        if lone and m["weight"] is None:
             _refuse_preset_name_alone(m["loss"], part.strip())
         terms.append(LossTerm(m["loss"], -weight if sign == "-" else weight, m["schedule"] or "constant", hparams, m["key"]))
     return Method(label, tuple(terms))
