@@ -238,3 +238,26 @@ def test_a_reduced_domainbed_sweep_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DA_DG_SEEDS", "0,x")
     with pytest.raises(ConfigError, match="DA_DG_SEEDS must be comma-separated integers"):
         load_sweep("cmnist_domainbed")
+
+
+def test_domainbed_test_envs_keep_their_main_runs_and_every_leave_one_out_pair_they_need(tmp_path, monkeypatch):
+    from da_framework.bench.domainbed import domainbed_pairs
+    from da_framework.bench.sweep import load_sweep
+    from da_framework.config import ConfigError
+
+    pairs = domainbed_pairs("rmnist", test_envs=["0", "75"])
+    # main runs of 0 and 75; leave-one-out pairs {t, v} with t or v in {0, 75}: 15 - C(4, 2) = 9
+    assert [t for _, t in pairs[:2]] == ["rmnist/0", "rmnist/75"] and len(pairs) == 2 + 9
+    for sources, target in pairs:
+        held = target.split(",")
+        assert {"rmnist/0", "rmnist/75"} & set(held) and not set(sources) & set(held) and len(sources) == 6 - len(held)
+    assert pairs == [p for p in domainbed_pairs("rmnist") if {"rmnist/0", "rmnist/75"} & set(p[1].split(","))]
+    for k, v in {"DA_DG_STEPS": "40", "DA_DG_SAMPLES": "1", "DA_DG_ALGORITHMS": "ERM", "DA_DG_SEEDS": "0",
+                 "DA_DG_LEAVE_ONE_OUT": "0", "DA_DG_TEST_ENVS": "-90%, +90%"}.items():
+        monkeypatch.setenv(k, v)
+    sweep = load_sweep("cmnist_domainbed")
+    assert sweep["name"] == "cmnist_domainbed_steps40_samples1"  # the full sweep's folder: records join it
+    assert [r.config.target_names for r in expand_sweep(sweep, tmp_path)] == [("cmnist/+90%",), ("cmnist/-90%",)]
+    monkeypatch.setenv("DA_DG_TEST_ENVS", "+90%,90")
+    with pytest.raises(ConfigError, match=r"cmnist has no test environment 90; valid: \+90%, \+80%, -90%"):
+        load_sweep("cmnist_domainbed")

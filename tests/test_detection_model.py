@@ -47,8 +47,8 @@ def test_focal_loss_matches_numpy():
 
 def test_model_shapes_and_errors():
     model = make_detector(num_classes=2, **TINY)
-    params = init_detector(jax.random.PRNGKey(0), model, (64, 64, 3))
-    out, feats = model.apply({"params": params}, jnp.zeros((3, 64, 64, 3)))
+    params = jax.jit(lambda k: init_detector(k, model, (64, 64, 3)))(jax.random.PRNGKey(0))
+    out, feats = jax.jit(model.apply)({"params": params}, jnp.zeros((3, 64, 64, 3)))
     assert out.heatmap.shape == out.offset.shape == out.log_size.shape == (3, 16, 16, 2)
     assert feats.shape == (3, 32) and grid_size(model, params, (64, 64, 3)) == 16
     # heatmap starts at the 0.1 prior

@@ -71,7 +71,7 @@ def test_reference_network_and_loss_match_ours(algorithm):
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         x64 = jnp.asarray(x, jnp.float64)
-        logits_j, _ = model.apply({"params": p64}, x64)
+        logits_j, _ = jax.jit(model.apply)({"params": p64}, x64)
         np.testing.assert_allclose(logits_t.detach().numpy(), np.asarray(logits_j), rtol=1e-9, atol=1e-9)
 
         def ours(p):
@@ -84,7 +84,7 @@ def test_reference_network_and_loss_match_ours(algorithm):
                 penalty = jnp.mean((risks - risks.mean()) ** 2)
             return cross_entropy(z, jnp.asarray(y)) + weight * penalty
 
-        loss_j, grads = jax.value_and_grad(ours)(p64)
+        loss_j, grads = jax.jit(jax.value_and_grad(ours))(p64)
         grads = jax.tree.map(np.asarray, grads)
     np.testing.assert_allclose(loss_t.item(), float(loss_j), rtol=1e-6)  # our losses reduce in float32
     g_t = net.features[0].weight.grad.numpy().transpose(2, 3, 1, 0)

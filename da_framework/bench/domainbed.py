@@ -22,6 +22,7 @@ differences, not closed here: initialisation is flax's, not PyTorch's; the searc
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 from da_framework.data.dg_digits import SHIFT_ENVIRONMENTS
@@ -70,19 +71,34 @@ def domainbed_dg(family: str, test_env: str, steps: int = 5001) -> dict[str, Any
     }
 
 
-def domainbed_pairs(family: str, leave_one_out: bool = True) -> list[tuple[list[str], str]]:
+def domainbed_pairs(family: str, leave_one_out: bool = True,
+                    test_envs: Sequence[str] | None = None) -> list[tuple[list[str], str]]:
     """A DG sweep's ``(sources, target)`` pairs: each environment held out in turn, then
     (``leave_one_out``) each unordered pair ``{t, v}`` held out together as target ``"t,v"``,
     the runs DomainBed's leave-one-domain-out rule reads (its ``test_envs=[t, v]``).
 
-    RotatedMNIST: 6 main + 15 leave-one-out pairs; ColoredMNIST: 3 + 3.
+    RotatedMNIST: 6 main + 15 leave-one-out pairs; ColoredMNIST: 3 + 3.  ``test_envs`` (names
+    without the family, e.g. ``["0", "75"]``) keeps the main runs of those test environments and
+    the leave-one-out pairs that contain one of them (all that their rule reads).
+
+    Raises:
+      UserError: for an unknown family or test environment (the message lists the valid ones).
     """
     if family not in ENVIRONMENTS:
         raise UserError(f"unknown DG family {family!r}; valid: {', '.join(ENVIRONMENTS)}")
     names = ENVIRONMENTS[family]
-    pairs = [([n for n in names if n != t], t) for t in names]
+    keep = set(names)
+    if test_envs is not None:
+        short = {n.split("/", 1)[1]: n for n in names}
+        unknown = [t for t in test_envs if t not in short]
+        if unknown or not test_envs:
+            raise UserError(f"{family} has no test environment {', '.join(unknown) or '(none given)'}; "
+                            f"valid: {', '.join(short)}")
+        keep = {short[t] for t in test_envs}
+    pairs = [([n for n in names if n != t], t) for t in names if t in keep]
     if leave_one_out:
-        pairs += [([n for n in names if n not in (t, v)], f"{t},{v}") for t, v in itertools.combinations(names, 2)]
+        pairs += [([n for n in names if n not in (t, v)], f"{t},{v}") for t, v in itertools.combinations(names, 2)
+                  if t in keep or v in keep]
     return pairs
 
 
@@ -165,7 +181,7 @@ ALGORITHMS: dict[str, str] = {
 
 def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int = 5001, samples: int = 20,
                     seeds: tuple[int, ...] = (0, 1, 2), leave_one_out: bool = True, search_seed: int = 0,
-                    per_trial: bool = True) -> dict[str, Any]:
+                    per_trial: bool = True, test_envs: Sequence[str] | None = None) -> dict[str, Any]:
     """A ``da bench`` sweep dict of DomainBed's protocol on ``family``: algorithms (DomainBed
     names, default all of :data:`ALGORITHMS`) x held-out environments (and leave-one-out pairs)
     x ``samples`` random hyper-parameter points (sample 0: the defaults) x trial ``seeds``.
@@ -173,7 +189,8 @@ def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int
     DomainBed's published sweep is ``samples=20``, three trials, 5001 steps, a new draw per trial
     (``per_trial``; False shares a sample's values across its trials, so ``da bench
     --vmap-seeds`` trains them as one program); ``da bench SWEEP --plan`` prints every run and
-    its sampled values before anything trains.
+    its sampled values before anything trains.  ``test_envs`` restricts the held-out environments
+    (:func:`domainbed_pairs`); the sweep keeps its name, so its records join the full sweep's.
     """
     names = algorithms if algorithms is not None else list(ALGORITHMS)
     unknown = [a for a in names if a not in ALGORITHMS]
@@ -187,7 +204,7 @@ def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int
         "base": base,
         "methods": methods,
         "method_settings": {m: ALGORITHM_SETTINGS[m] for m in methods if m in ALGORITHM_SETTINGS},
-        "pairs": domainbed_pairs(family, leave_one_out),
+        "pairs": domainbed_pairs(family, leave_one_out, test_envs),
         "seeds": list(seeds),
         "search": {"samples": samples, "seed": search_seed, "per_trial": per_trial,
                    "spaces": {m: domainbed_space(m) for m in methods}},
@@ -199,8 +216,9 @@ def domainbed_sweep_from_env(family: str, algorithms: str | None = None, steps: 
     """:func:`domainbed_sweep` sized by the environment, for sweep files: ``$DA_DG_ALGORITHMS``
     (comma-separated DomainBed names, default ``algorithms`` or all), ``$DA_DG_STEPS``,
     ``$DA_DG_SAMPLES``, ``$DA_DG_SEEDS`` (comma-separated trial seeds), ``$DA_DG_PER_TRIAL``
-    (``0``: one draw per sample for all trials) and ``$DA_DG_LEAVE_ONE_OUT`` (``0``: only the
-    main runs, no leave-one-domain-out pairs, so that rule has no table)."""
+    (``0``: one draw per sample for all trials), ``$DA_DG_LEAVE_ONE_OUT`` (``0``: only the
+    main runs, no leave-one-domain-out pairs, so that rule has no table) and ``$DA_DG_TEST_ENVS``
+    (comma-separated test environments without the family, e.g. ``0,75``; default all)."""
     import os
 
     names = os.environ.get("DA_DG_ALGORITHMS", algorithms or "")
@@ -212,4 +230,5 @@ def domainbed_sweep_from_env(family: str, algorithms: str | None = None, steps: 
     return domainbed_sweep(family, names.split(",") if names else None, steps=int(os.environ.get("DA_DG_STEPS", str(steps))),
                            samples=int(os.environ.get("DA_DG_SAMPLES", str(samples))), seeds=seeds,
                            leave_one_out=os.environ.get("DA_DG_LEAVE_ONE_OUT", "1") != "0",
-                           per_trial=os.environ.get("DA_DG_PER_TRIAL", "1") != "0")
+                           per_trial=os.environ.get("DA_DG_PER_TRIAL", "1") != "0",
+                           test_envs=[t.strip() for t in os.environ["DA_DG_TEST_ENVS"].split(",")] if os.environ.get("DA_DG_TEST_ENVS") else None)

@@ -8,8 +8,9 @@ Report: da report results/rmnist_domainbed        (training-domain, leave-one-ou
 Protocol values: ``da_framework/bench/domainbed.py`` (Adam 1e-3, batch 64 per environment, 5001
 steps, MNIST_CNN, an evaluation every 100 steps). A GPU job (31,500 runs at the defaults); on
 a CPU shorten with ``DA_DG_STEPS`` (e.g. 300), ``DA_DG_SAMPLES`` (e.g. 2), ``DA_DG_SEEDS`` (e.g. 0),
-``DA_DG_LEAVE_ONE_OUT=0`` (main runs only) and ``DA_DG_ALGORITHMS``
-(comma-separated DomainBed names, e.g. ``ERM,IRM``); ``DA_DG_PER_TRIAL=0`` draws one value set
+``DA_DG_LEAVE_ONE_OUT=0`` (main runs only), ``DA_DG_ALGORITHMS``
+(comma-separated DomainBed names, e.g. ``ERM,IRM``) and ``DA_DG_TEST_ENVS`` (comma-separated
+held-out environments, e.g. ``0,75``); ``DA_DG_PER_TRIAL=0`` draws one value set
 per sample for all trials (then ``--vmap-seeds`` trains a sample's trials as one program).
 See docs/domain_generalisation.md.
 """
@@ -18,5 +19,5 @@ from da_framework.bench.domainbed import domainbed_sweep_from_env
 
 
 def get_sweep() -> dict:
-    """DomainBed's sweep on rmnist (sizes from $DA_DG_STEPS, $DA_DG_SAMPLES, $DA_DG_SEEDS, $DA_DG_ALGORITHMS, $DA_DG_PER_TRIAL, $DA_DG_LEAVE_ONE_OUT)."""
+    """DomainBed's sweep on rmnist (sizes from $DA_DG_STEPS, $DA_DG_SAMPLES, $DA_DG_SEEDS, $DA_DG_ALGORITHMS, $DA_DG_PER_TRIAL, $DA_DG_LEAVE_ONE_OUT, $DA_DG_TEST_ENVS)."""
     return domainbed_sweep_from_env("rmnist")
