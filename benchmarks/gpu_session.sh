@@ -4,39 +4,77 @@
 #
 #   OUT=/tmp/gpu_out DA_DATA_DIR=<dir with mnist/mnist.npz, usps/usps.npz> bash benchmarks/gpu_session.sh
 #
-# 1. issue 16: LeNet and DTN train steps at batch 128, JAX vs PyTorch eager, interleaved rounds;
-# 2. issue 16: the 100-client FedAvg round, vmapped vs the sequential loop;
-# 3. issue 18: an imported torchvision ResNet-50: forward parity on the GPU, DANN bf16 step rate;
-# 4. issue 15: tllib's full digits protocol (50,000 steps of batch 128), DANN MNIST -> USPS, in
-#    whatever time is left of BUDGET_S (its log shows each evaluation if it is cut short).
-# Everything lands in $OUT: session.log, three JSON files and records.tar.gz (the run's records).
+# PARTS picks what runs (default "runs": what no GPU session has measured yet):
+#   throughput  issue 16: LeNet and DTN train steps at batch 128, JAX vs PyTorch eager (done 2026-12-04);
+#   fed         issue 16: the 100-client FedAvg round, vmapped vs the sequential loop (done 2026-12-04);
+#   resnet50    issue 18: an imported torchvision ResNet-50: parity, DANN bf16 step rate (done 2026-12-04);
+#   runs        issues 15 and 17: the queue below, full-length training runs, SLOTS at a time on the one
+#               GPU (a LeNet or MNIST_CNN run uses a small part of it), until BUDGET_S is spent.
+# Everything lands in $OUT: session.log, the JSON files of the parts run, records.tar.gz (the runs'
+# records; a run cut off by the budget leaves no record and its log in $OUT/logs says how far it got).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 BUDGET_S=${BUDGET_S:-540}
-mkdir -p "$OUT"
+PARTS=${PARTS:-runs}
+SLOTS=${SLOTS:-3}
+RECORDS=/tmp/gpu_records
+mkdir -p "$OUT/logs" "$RECORDS"
 exec > >(tee "$OUT/session.log") 2>&1
 start=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - start) )); }
+has() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi -L
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
 
-echo "== 1. step throughput (left $(left) s)"
-timeout 200 python3 benchmarks/step_throughput.py --models lenet,dtn --methods source_only,dann,dan,cdan \
-  --dtypes float32 --batch 128 --rounds 5 --json "$OUT/step_lenet_dtn_b128.json"
-
-echo "== 2. federated round (left $(left) s)"
-timeout 120 python3 benchmarks/fed_round_time.py --gpu-check --rounds 5 --out "$OUT/fed_round_time_gpu.json"
-
-echo "== 3. imported ResNet-50 (left $(left) s)"
-timeout 200 python3 benchmarks/pretrained_gpu_check.py --batches 128 --steps 20 --rounds 3 \
-  --out "$OUT/resnet50_imported_gpu.json"
-
-t=$(left)
-echo "== 4. tllib digits protocol, DANN M->U, full length (left $t s)"
-if [ "$t" -gt 60 ]; then
-  timeout $(( t - 15 )) python3 -c "from da_framework.cli import main; main()" run mnist_usps_tllib -m dann \
-    --seed 0 --results-dir /tmp/gpu_records
+if has throughput; then
+  echo "== step throughput (left $(left) s)"
+  timeout 200 python3 benchmarks/step_throughput.py --models lenet,dtn --methods source_only,dann,dan,cdan \
+    --dtypes float32 --batch 128 --rounds 5 --json "$OUT/step_lenet_dtn_b128.json"
 fi
-[ -d /tmp/gpu_records ] && tar czf "$OUT/records.tar.gz" -C /tmp/gpu_records .
+if has fed; then
+  echo "== federated round (left $(left) s)"
+  timeout 120 python3 benchmarks/fed_round_time.py --gpu-check --rounds 5 --out "$OUT/fed_round_time_gpu.json"
+fi
+if has resnet50; then
+  echo "== imported ResNet-50 (left $(left) s)"
+  timeout 200 python3 benchmarks/pretrained_gpu_check.py --batches 128 --steps 20 --rounds 3 \
+    --out "$OUT/resnet50_imported_gpu.json"
+fi
+
+# The queue, most wanted first: "<name>|<arguments of da>". Each tllib digits run is 50,000 steps
+# of batch 128 (78-91 s alone on the H200, 2026-12-04); each DomainBed run 5,001 steps.
+QUEUE=(
+  "dann_mu_s1|run mnist_usps_tllib -m dann --seed 1"
+  "dann_mu_s2|run mnist_usps_tllib -m dann --seed 2"
+  "cdan_mu_s1|run mnist_usps_tllib -m cdan --seed 1"
+  "mcc_mu|run mnist_usps_tllib -m mcc --seed 0"
+  "mdd_mu|run mnist_usps_tllib -m mdd --seed 0"
+  "dann_um_s1|run usps_mnist_tllib -m dann --seed 1"
+  "cdan_um|run usps_mnist_tllib -m cdan --seed 0"
+  "mcc_um|run usps_mnist_tllib -m mcc --seed 0"
+  "mdd_um|run usps_mnist_tllib -m mdd --seed 0 --set learning_rate=0.01"
+  "cmnist_erm|bench cmnist_domainbed"
+  "cdan_mu_s2|run mnist_usps_tllib -m cdan --seed 2"
+  "dann_um_s2|run usps_mnist_tllib -m dann --seed 2"
+)
+if has runs; then
+  echo "== training runs, $SLOTS at a time (left $(left) s)"
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / $SLOTS, 2))")
+  export DA_DG_ALGORITHMS=ERM DA_DG_SAMPLES=1 DA_DG_SEEDS=0 DA_DG_LEAVE_ONE_OUT=0  # cmnist_erm: the 3 main runs
+  pids=()
+  for item in "${QUEUE[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$SLOTS" ]; do wait -n; done
+    t=$(left)
+    if [ "$t" -lt 60 ]; then echo "budget spent: not started: ${item%%|*} and the rest"; break; fi
+    name=${item%%|*}
+    echo "start $name (left $t s): da ${item#*|}"
+    # shellcheck disable=SC2086
+    (timeout $(( t - 15 )) python3 -c "from da_framework.cli import main; main()" ${item#*|} \
+       --results-dir "$RECORDS" > "$OUT/logs/$name.log" 2>&1; echo "end $name rc $? at $(( $(date +%s) - start )) s") &
+    pids+=($!)
+  done
+  wait "${pids[@]}"  # not a bare wait: it would also wait for the tee of the log, which never ends
+fi
+tar czf "$OUT/records.tar.gz" -C "$RECORDS" .
 echo "== done after $(( $(date +%s) - start )) s"
