@@ -42,21 +42,15 @@ if has resnet50; then
     --out "$OUT/resnet50_imported_gpu.json"
 fi
 
-# The queue, most wanted first: "<name>|<arguments of da>". Each tllib digits run is 50,000 steps
-# of batch 128 (78-91 s alone on the H200, 2026-12-04); each DomainBed run 5,001 steps.
+# The queue, most wanted first: "<name>|<arguments of da>". The two tllib sweeps are tllib's full
+# digits protocol (50,000 steps of batch 128; one run alone took 78-91 s on the H200, 2026-12-04),
+# eight methods in the order of TLLIB_SWEEP_METHODS, each method's seeds 0-2 as one vmapped
+# program; a sweep cut off by the budget keeps every finished method and resumes next time.
+# cmnist_erm: DomainBed's ColoredMNIST protocol at full length (5,001 steps), ERM, sample 0, seed 0.
 QUEUE=(
-  "dann_mu_s1|run mnist_usps_tllib -m dann --seed 1"
-  "dann_mu_s2|run mnist_usps_tllib -m dann --seed 2"
-  "cdan_mu_s1|run mnist_usps_tllib -m cdan --seed 1"
-  "mcc_mu|run mnist_usps_tllib -m mcc --seed 0"
-  "mdd_mu|run mnist_usps_tllib -m mdd --seed 0"
-  "dann_um_s1|run usps_mnist_tllib -m dann --seed 1"
-  "cdan_um|run usps_mnist_tllib -m cdan --seed 0"
-  "mcc_um|run usps_mnist_tllib -m mcc --seed 0"
-  "mdd_um|run usps_mnist_tllib -m mdd --seed 0 --set learning_rate=0.01"
+  "tllib_mu|bench digits_tllib_mnist_usps --vmap-seeds"
+  "tllib_um|bench digits_tllib_usps_mnist --vmap-seeds"
   "cmnist_erm|bench cmnist_domainbed"
-  "cdan_mu_s2|run mnist_usps_tllib -m cdan --seed 2"
-  "dann_um_s2|run usps_mnist_tllib -m dann --seed 2"
 )
 if has runs; then
   echo "== training runs, $SLOTS at a time (left $(left) s)"

@@ -149,3 +149,28 @@ def test_label_free_scores_subsample_the_target():
     sub = label_free_scores(s_val, t, seed=5, max_target=30)
     assert sub == label_free_scores(s_val, {k: v[keep] for k, v in t.items()}, seed=5)
     assert sub["snd"] != label_free_scores(s_val, t, seed=5)["snd"]
+
+
+def test_sweep_selection_scores_subsample_a_large_target_as_the_training_validators_do():
+    # Before: da bench scored SND on the whole target split, a 54,000 x 54,000 float64 matrix
+    # for USPS -> MNIST (killed for memory on a 24 GiB machine, or a segfault inside BLAS).
+    from da_framework.bench.selection import VALIDATOR_TARGET_EXAMPLES, selection_scores
+    from da_framework.train import loop
+
+    rng = np.random.default_rng(1)
+    s_val = {"logits": rng.normal(size=(40, 3)), "features": rng.normal(size=(40, 4)), "label": rng.integers(0, 3, 40)}
+    t = {"logits": rng.normal(size=(90, 3)), "features": rng.normal(size=(90, 4)) + 1.0}
+    t_test = {"logits": rng.normal(size=(20, 3)), "label": rng.integers(0, 3, 20)}
+    got = selection_scores(s_val, t, t_test, seed=5, max_target=30)
+    assert {k: got[k] for k in ("iwcv_risk", "dev_risk", "target_entropy", "snd")} == label_free_scores(s_val, t, seed=5, max_target=30)
+    assert got["target_oracle_accuracy"] == np.mean(np.argmax(t_test["logits"], -1) == t_test["label"])
+    assert selection_scores.__defaults__[-1] == VALIDATOR_TARGET_EXAMPLES == 4000  # as train()'s validators
+    # a sweep record says how many target examples its validators read
+    from da_framework.bench.sweep import evaluate_for_selection
+    from da_framework.config import ExperimentConfig
+
+    config = ExperimentConfig(method="source_only", steps=2, model="mlp", model_kwargs={"hidden": (8,)}, batch_size=8)
+    result = loop.train(config)
+    selection, analysis, _ = evaluate_for_selection(config, result.state)
+    n_target = len(loop.build(config).targets[0].split("train"))
+    assert analysis["validator_target_examples"] == min(n_target, 4000) and "snd" in selection

@@ -95,3 +95,20 @@ def test_one_run_of_digits_real_short_end_to_end(tmp_path):
     assert run.path.is_file() and record["config"]["steps"] == 3
     assert record["config"]["model"] == "lenet_tllib" and record["config"]["source"] == "mnist"
     assert 0.0 <= record["metrics"]["target_test_accuracy"] <= 1.0 and "selection" in record
+
+
+def test_full_protocol_sweeps_keep_tllibs_per_method_learning_rates(tmp_path, monkeypatch):
+    from da_framework.bench.sweep import expand_sweep, load_sweep
+
+    for pair, lr in ((("mnist", "usps"), 0.01), (("usps", "mnist"), 0.1)):
+        runs = expand_sweep(load_sweep(f"digits_tllib_{pair[0]}_{pair[1]}"), tmp_path)
+        assert len(runs) == 8 * 3 and {r.config.seed for r in runs} == {0, 1, 2}
+        by_method = {(r.sweep_method or r.config.method): r.config for r in runs}
+        assert by_method["mdd"].learning_rate == 0.01  # mdd.sh: 0.01 on both pairs
+        assert {c.learning_rate for m, c in by_method.items() if m != "mdd"} == {lr}
+        assert {(c.steps, c.batch_size, c.eval_every) for c in by_method.values()} == {(50_000, 128, 2_500)}
+        assert all(c.source_names == (pair[0],) and c.target_names == (pair[1],) for c in by_method.values())
+    monkeypatch.setenv("DA_TLLIB_STEPS", "20")  # a smoke test gets its own folder and 20-step runs
+    sweep = load_sweep("digits_tllib_usps_mnist")
+    assert sweep["name"] == "digits_tllib_usps_mnist_steps20"
+    assert {r.config.steps for r in expand_sweep(sweep, tmp_path)} == {20}

@@ -76,6 +76,34 @@ def tllib_digits(source: str, target: str, short: bool = False) -> dict[str, Any
     }
 
 
+
+# The methods of tllib's digits table that run from their preset names, most wanted first.
+TLLIB_SWEEP_METHODS = ("dann", "cdan", "mcc", "mdd", "source_only", "dan", "jan", "bsp")
+
+
+def tllib_digits_sweep(source: str, target: str, steps: int | None = None) -> dict[str, Any]:
+    """A ``da bench`` sweep of tllib's full digits protocol on ``source -> target``: the methods of
+    :data:`TLLIB_SWEEP_METHODS` x seeds 0, 1, 2, meant for ``da bench --vmap-seeds`` on a GPU
+    (the three seeds of a method as one program, as issue 15 asks).
+
+    tllib's per-method learning rate is kept: MDD runs at 0.01 on both pairs (mdd.sh), the others
+    at :data:`TLLIB_LR`.  ``steps`` shortens every run (a smoke test; the sweep's name then says
+    so, so its records never mix with the full protocol's).
+    """
+    base = {k: v for k, v in tllib_digits(source, target, short=False).items() if k not in ("source", "target")}
+    name = f"digits_tllib_{source}_{target}"
+    if steps is not None:
+        base.update(steps=steps, eval_every=max(1, steps // 2))
+        name += f"_steps{steps}"
+    return {
+        "name": name,
+        "base": base,
+        "methods": list(TLLIB_SWEEP_METHODS),
+        "method_settings": {"mdd": {"learning_rate": 0.01}} if base["learning_rate"] != 0.01 else {},
+        "pairs": [(source, target)],
+        "seeds": [0, 1, 2],
+    }
+
 # SHOT's digits scripts (tim-learn/SHOT digit/uda_digit.py, digit.sh): 30 epochs of each phase,
 # batch 64; one epoch of the train split here is ceil(n / 64) steps (54,000 MNIST, 6,562 USPS).
 SHOT_EPOCH_STEPS = {"mnist": 844, "usps": 103}

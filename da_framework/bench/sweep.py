@@ -267,12 +267,14 @@ def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[s
 
     Returns:
       ``(selection, analysis, features)``: validator scores (:func:`selection.selection_scores`),
-      ``{"proxy_a_distance": ...}`` on held-out source-test vs target-test features, and a
+      ``{"proxy_a_distance": ..., "validator_target_examples": ...}`` (the former on held-out
+      source-test vs target-test features; the latter how many target training examples the
+      label-free validators read: at most ``VALIDATOR_TARGET_EXAMPLES``, a seeded subsample), and a
       subsample of those features with labels for embedding plots.  With several sources
       (targets), their splits are pooled; the two accuracies are the mean over domains.
     """
     from da_framework.bench.analysis import proxy_a_distance
-    from da_framework.bench.selection import selection_scores
+    from da_framework.bench.selection import VALIDATOR_TARGET_EXAMPLES, selection_scores
     from da_framework.data.registry import get_domain
     from da_framework.models.registry import build_kwargs, make_model
     from da_framework.train.evaluate import make_predict_fn, predict_split
@@ -296,7 +298,8 @@ def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[s
         selection["source_val_accuracy"] = float(np.mean(s_val_acc))
     if len(targets) > 1:
         selection["target_oracle_accuracy"] = float(np.mean(t_test_acc))
-    analysis = {"proxy_a_distance": proxy_a_distance(s_test["features"], t_test["features"], seed=config.seed)}
+    analysis = {"proxy_a_distance": proxy_a_distance(s_test["features"], t_test["features"], seed=config.seed),
+                "validator_target_examples": min(len(t_train["logits"]), VALIDATOR_TARGET_EXAMPLES)}
     i_s, i_t = (np.sort(np.random.default_rng(k).permutation(n)[:FEATURES_PER_DOMAIN]) for k, n in enumerate((len(s_test["label"]), len(t_test["label"]))))
     features = {
         "source_features": s_test["features"][i_s].astype(np.float32), "source_label": s_test["label"][i_s],

@@ -232,14 +232,12 @@ def evaluate_state(exp: Experiment, state: TrainState, predict: Callable[..., An
     return out
 
 
-# Target train examples the per-evaluation validators read (SND's similarity matrix is n x n).
-VALIDATOR_TARGET_EXAMPLES = 4000
 
 
 def validator_scores(exp: Experiment, predict: Callable[..., Any], variables: dict[str, Any]) -> dict[str, float]:
     """``validator/<name>`` of :func:`da_framework.bench.selection.label_free_scores` on the pooled
     source val splits and target train splits (config ``eval_validators``)."""
-    from da_framework.bench.selection import label_free_scores
+    from da_framework.bench.selection import VALIDATOR_TARGET_EXAMPLES, label_free_scores
 
     c = exp.config
 
