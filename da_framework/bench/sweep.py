@@ -267,9 +267,8 @@ def evaluate_for_selection(config: ExperimentConfig, state: Any) -> tuple[dict[s
 
     Returns:
       ``(selection, analysis, features)``: validator scores (:func:`selection.selection_scores`),
-      ``{"proxy_a_distance": ..., "validator_target_examples": ...}`` (the former on held-out
-      source-test vs target-test features; the latter how many target training examples the
-      label-free validators read: at most ``VALIDATOR_TARGET_EXAMPLES``, a seeded subsample), and a
+      ``{"proxy_a_distance": ...}`` on source-test vs target-test features with the number of target
+      examples the validators read (at most ``VALIDATOR_TARGET_EXAMPLES``, a seeded subsample), and a
       subsample of those features with labels for embedding plots.  With several sources
       (targets), their splits are pooled; the two accuracies are the mean over domains.
     """
