@@ -1,6 +1,6 @@
-"""DomainBed's ERM / IRM / VREx on ColoredMNIST in PyTorch eager: the reference our runs sit beside.
+"""DomainBed's ERM / IRM / VREx / Mixup on ColoredMNIST in PyTorch eager: the reference our runs sit beside.
 
-A PyTorch re-statement of what ``domainbed/algorithms.py`` (``ERM``, ``IRM``, ``VREx``),
+A PyTorch re-statement of what ``domainbed/algorithms.py`` (``ERM``, ``IRM``, ``VREx``, ``Mixup``),
 ``domainbed/networks.py`` (``MNIST_CNN``) and ``domainbed/scripts/train.py`` run for
 ColoredMNIST, written from reading them (facebookresearch/DomainBed), on **the same arrays**
 as da_framework's ``cmnist/<env>`` domains (``da_framework/data/dg_mnist.py``: same
@@ -17,6 +17,10 @@ environments, same in/out splits), so that a difference between this script's cu
   ``w = irm_lambda`` from step ``anneal_iters`` on, 1 before; VREx: ``mean_e R_e + w *
   mean_e (R_e - mean R)^2`` with ``vrex_lambda``, 1 before; both re-create Adam at the
   switch step, as DomainBed does;
+* Mixup: the environments in a random order, each paired with the next (cyclically), one
+  ``lam ~ Beta(alpha, alpha)`` per pair (``mixup_alpha`` 0.2), the model run on
+  ``lam x_i + (1 - lam) x_j`` and ``lam CE(., y_i) + (1 - lam) CE(., y_j)`` summed over pairs
+  and divided by the number of environments (``random_pairs_of_minibatches``); no ERM term;
 * evaluation: accuracy on the test environment's in-split (the number DomainBed reports)
   and on the training environments' out-splits (training-domain validation).
 
@@ -48,8 +52,9 @@ from torch import autograd, nn
 from da_framework.data.dg_mnist import COLOUR_FLIP
 from da_framework.data.registry import get_domain
 
-ALGORITHMS = ("ERM", "IRM", "VREx")
-DEFAULT_LAMBDA = {"ERM": 0.0, "IRM": 1e2, "VREx": 1e1}  # DomainBed's hparams_registry defaults
+ALGORITHMS = ("ERM", "IRM", "VREx", "Mixup")
+DEFAULT_LAMBDA = {"ERM": 0.0, "IRM": 1e2, "VREx": 1e1, "Mixup": 0.0}  # DomainBed's hparams_registry defaults
+MIXUP_ALPHA = 0.2  # DomainBed's default mixup_alpha
 
 
 class MNISTCNN(nn.Module):
@@ -90,6 +95,19 @@ def step_loss(algorithm: str, logits: list[torch.Tensor], labels: list[torch.Ten
     return risks.mean() + weight * penalty, {"nll": risks.mean().item(), "penalty": penalty.item()}
 
 
+def mixup_loss(model: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor], perm: list[int],
+               lams: list[float]) -> torch.Tensor:
+    """DomainBed's Mixup objective for given draws: pair p is (perm[p], perm[(p + 1) % K]),
+    mixed with weight ``lams[p]`` on its first environment."""
+    total = 0.0
+    for p in range(len(xs)):
+        i, j = perm[p], perm[(p + 1) % len(xs)]
+        n = min(len(xs[i]), len(xs[j]))
+        z = model(lams[p] * xs[i][:n] + (1 - lams[p]) * xs[j][:n])
+        total = total + lams[p] * F.cross_entropy(z, ys[i][:n]) + (1 - lams[p]) * F.cross_entropy(z, ys[j][:n])
+    return total / len(xs)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
     """Top-1 accuracy of ``model`` in eval mode over ``(x, y)``."""
@@ -126,15 +144,20 @@ def run(args: argparse.Namespace) -> dict:
     history: list[dict] = []
     start = time.perf_counter()
     for step in range(args.steps):
-        if args.algorithm != "ERM" and step == args.anneal_iters:
+        if args.algorithm in ("IRM", "VREx") and step == args.anneal_iters:
             opt = make_opt()  # DomainBed re-creates Adam at the switch
         weight = lam if step >= args.anneal_iters else 1.0
         idx = [rng.integers(0, len(x), args.batch_size) for x, _ in train]
         xs = [x[i] for (x, _), i in zip(train, idx)]
         ys = [y[i] for (_, y), i in zip(train, idx)]
-        all_logits = model(torch.cat(xs))
-        logits = list(torch.split(all_logits, args.batch_size))
-        loss, parts = step_loss(args.algorithm, logits, ys, weight)
+        if args.algorithm == "Mixup":  # DomainBed's Mixup never runs the unmixed batch through the model
+            perm = [int(i) for i in rng.permutation(len(xs))]
+            loss = mixup_loss(model, xs, ys, perm, [float(rng.beta(MIXUP_ALPHA, MIXUP_ALPHA)) for _ in xs])
+            all_logits, parts = None, {"mixup": loss.item()}
+        else:
+            all_logits = model(torch.cat(xs))
+            logits = list(torch.split(all_logits, args.batch_size))
+            loss, parts = step_loss(args.algorithm, logits, ys, weight)
         if not torch.isfinite(loss):
             raise SystemExit(f"step {step + 1}: non-finite loss {float(loss)}")
         opt.zero_grad()
@@ -142,6 +165,9 @@ def run(args: argparse.Namespace) -> dict:
         opt.step()
         done = step + 1
         if done % args.log_every == 0:
+            if all_logits is None:
+                with torch.no_grad():
+                    all_logits = model(torch.cat(xs))
             acc = float((all_logits.argmax(1) == torch.cat(ys)).float().mean())
             history.append({"step": done, "loss": loss.item(), **parts, "train_accuracy": acc})
             print(json.dumps(history[-1]), flush=True)

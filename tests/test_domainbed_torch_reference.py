@@ -93,3 +93,43 @@ def test_reference_network_and_loss_match_ours(algorithm):
     np.testing.assert_allclose(g_t, g_j, rtol=1e-4, atol=1e-6 * np.abs(g_j).max())
     np.testing.assert_allclose(net.classifier.weight.grad.numpy().T, grads["head"]["kernel"],
                                rtol=1e-4, atol=1e-6 * np.abs(grads["head"]["kernel"]).max())
+
+
+def test_reference_mixup_objective_and_gradients_match_ours():
+    from da_framework.losses.mixup_envs import mixup_objective
+
+    ref = _reference()
+    rng = np.random.default_rng(3)
+    n, k = 6, 3  # per environment, three environments
+    x = rng.random((k, n, 28, 28, 2))
+    y = rng.integers(0, 2, (k, n)).astype(np.int32)
+    perm, lams = [2, 0, 1], [0.9, 0.05, 0.5]
+    model = make_model("mnist_cnn", 2)
+    params = model.init(jax.random.key(4), jnp.asarray(x[0], jnp.float32))["params"]
+    net = ref.MNISTCNN()
+    _copy_weights(params, net)
+    net = net.double()
+    xt = [torch.from_numpy(x[e].transpose(0, 3, 1, 2).copy()) for e in range(k)]
+    yt = [torch.from_numpy(y[e].astype(np.int64)) for e in range(k)]
+    loss_t = ref.mixup_loss(net, xt, yt, perm, lams)
+    loss_t.backward()
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+
+        def ours(p):
+            return mixup_objective(lambda v: model.apply({"params": p}, v)[0], jnp.asarray(x), jnp.asarray(y),
+                                   jnp.asarray(perm), jnp.asarray(lams, jnp.float64))
+
+        loss_j, grads = jax.jit(jax.value_and_grad(ours))(p64)
+    np.testing.assert_allclose(loss_t.item(), float(loss_j), rtol=1e-6)
+    g_j = np.asarray(grads["head"]["kernel"])
+    assert np.abs(g_j).max() > 0
+    np.testing.assert_allclose(net.classifier.weight.grad.numpy().T, g_j, rtol=1e-4, atol=1e-6 * np.abs(g_j).max())
+    g_t = net.features[0].weight.grad.numpy().transpose(2, 3, 1, 0)
+    np.testing.assert_allclose(g_t, np.asarray(grads["backbone"]["Conv_0"]["kernel"]), rtol=1e-4,
+                               atol=1e-6 * np.abs(g_t).max())
+    # a different pairing is a different objective (the draws matter, so the test can fail)
+    with jax.enable_x64(True):
+        other = jax.jit(lambda p: mixup_objective(lambda v: model.apply({"params": p}, v)[0], jnp.asarray(x),
+                                                  jnp.asarray(y), jnp.asarray([0, 1, 2]), jnp.asarray(lams, jnp.float64)))(p64)
+    assert abs(float(other) - loss_t.item()) > 1e-4
