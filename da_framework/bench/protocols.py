@@ -76,7 +76,6 @@ def tllib_digits(source: str, target: str, short: bool = False) -> dict[str, Any
     }
 
 
-
 # The methods of tllib's digits table that run from their preset names, most wanted first.
 TLLIB_SWEEP_METHODS = ("dann", "cdan", "mcc", "mdd", "source_only", "dan", "jan", "bsp")
 
@@ -103,6 +102,7 @@ def tllib_digits_sweep(source: str, target: str, steps: int | None = None) -> di
         "pairs": [(source, target)],
         "seeds": [0, 1, 2],
     }
+
 
 # SHOT's digits scripts (tim-learn/SHOT digit/uda_digit.py, digit.sh): 30 epochs of each phase,
 # batch 64; one epoch of the train split here is ceil(n / 64) steps (54,000 MNIST, 6,562 USPS).
