@@ -1,6 +1,7 @@
-"""DomainBed's ERM / IRM / VREx / Mixup on ColoredMNIST in PyTorch eager: the reference our runs sit beside.
+"""DomainBed's ERM / IRM / VREx / Mixup / MMD on ColoredMNIST in PyTorch eager: the reference our runs sit beside.
 
-A PyTorch re-statement of what ``domainbed/algorithms.py`` (``ERM``, ``IRM``, ``VREx``, ``Mixup``),
+A PyTorch re-statement of what ``domainbed/algorithms.py`` (``ERM``, ``IRM``, ``VREx``, ``Mixup``,
+``MMD``),
 ``domainbed/networks.py`` (``MNIST_CNN``) and ``domainbed/scripts/train.py`` run for
 ColoredMNIST, written from reading them (facebookresearch/DomainBed), on **the same arrays**
 as da_framework's ``cmnist/<env>`` domains (``da_framework/data/dg_mnist.py``: same
@@ -21,6 +22,11 @@ environments, same in/out splits), so that a difference between this script's cu
   ``lam ~ Beta(alpha, alpha)`` per pair (``mixup_alpha`` 0.2), the model run on
   ``lam x_i + (1 - lam) x_j`` and ``lam CE(., y_i) + (1 - lam) CE(., y_j)`` summed over pairs
   and divided by the number of environments (``random_pairs_of_minibatches``); no ERM term;
+* MMD: ``mean_e R_e + mmd_gamma * mean_{e<f} MMD(phi_e, phi_f)`` on the featurizer's outputs,
+  with ``AbstractMMD``'s Gaussian kernel: squared distances ``||a||^2 + ||b||^2 - 2 a.b``
+  clamped below at 1e-30, the sum of ``exp(-g D)`` over ``g in (0.001, ..., 1000)``, and the
+  biased estimate ``mean Kxx + mean Kyy - 2 mean Kxy``; ``mmd_gamma`` 1.0 from the first step
+  (no anneal);
 * evaluation: accuracy on the test environment's in-split (the number DomainBed reports)
   and on the training environments' out-splits (training-domain validation).
 
@@ -52,8 +58,10 @@ from torch import autograd, nn
 from da_framework.data.dg_mnist import COLOUR_FLIP
 from da_framework.data.registry import get_domain
 
-ALGORITHMS = ("ERM", "IRM", "VREx", "Mixup")
-DEFAULT_LAMBDA = {"ERM": 0.0, "IRM": 1e2, "VREx": 1e1, "Mixup": 0.0}  # DomainBed's hparams_registry defaults
+ALGORITHMS = ("ERM", "IRM", "VREx", "Mixup", "MMD")
+# DomainBed's hparams_registry defaults: irm_lambda, vrex_lambda, mmd_gamma
+DEFAULT_LAMBDA = {"ERM": 0.0, "IRM": 1e2, "VREx": 1e1, "Mixup": 0.0, "MMD": 1.0}
+MMD_GAMMAS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # AbstractMMD.gaussian_kernel's widths
 MIXUP_ALPHA = 0.2  # DomainBed's default mixup_alpha
 
 
@@ -70,8 +78,12 @@ class MNISTCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(128, num_classes)
 
+    def featurize(self, x: torch.Tensor) -> torch.Tensor:
+        """The featurizer's output: the last GroupNorm's activations averaged over positions."""
+        return self.features(x).mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).mean(dim=(2, 3)))
+        return self.classifier(self.featurize(x))
 
 
 def irm_penalty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -82,13 +94,30 @@ def irm_penalty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return g1 * g2
 
 
-def step_loss(algorithm: str, logits: list[torch.Tensor], labels: list[torch.Tensor], weight: float
-              ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The algorithm's loss of one step over the environments' logits, and its parts."""
+def gaussian_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DomainBed's ``AbstractMMD.mmd`` with the Gaussian kernel (``my_cdist`` then the kernel sum)."""
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d = torch.addmm(b.pow(2).sum(-1, keepdim=True).T, a, b.T, alpha=-2).add(a.pow(2).sum(-1, keepdim=True))
+        d = d.clamp_min(1e-30)
+        return sum(torch.exp(-g * d) for g in MMD_GAMMAS)
+
+    return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
+
+
+def step_loss(algorithm: str, logits: list[torch.Tensor], labels: list[torch.Tensor], weight: float,
+              features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The algorithm's loss of one step over the environments' logits (and, for MMD, features), and its parts."""
     risks = torch.stack([F.cross_entropy(z, y) for z, y in zip(logits, labels)])
     if algorithm == "ERM":
         return risks.mean(), {"nll": risks.mean().item()}
-    if algorithm == "IRM":
+    if algorithm == "MMD":
+        if features is None:
+            raise ValueError("MMD needs the environments' features")
+        pairs = [gaussian_mmd(features[i], features[j]) for i in range(len(features))
+                 for j in range(i + 1, len(features))]
+        penalty = torch.stack(pairs).mean()
+    elif algorithm == "IRM":
         penalty = torch.stack([irm_penalty(z, y) for z, y in zip(logits, labels)]).mean()
     else:
         penalty = ((risks - risks.mean()) ** 2).mean()
@@ -146,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
     for step in range(args.steps):
         if args.algorithm in ("IRM", "VREx") and step == args.anneal_iters:
             opt = make_opt()  # DomainBed re-creates Adam at the switch
-        weight = lam if step >= args.anneal_iters else 1.0
+        weight = lam if step >= args.anneal_iters or args.algorithm == "MMD" else 1.0
         idx = [rng.integers(0, len(x), args.batch_size) for x, _ in train]
         xs = [x[i] for (x, _), i in zip(train, idx)]
         ys = [y[i] for (_, y), i in zip(train, idx)]
@@ -155,9 +184,10 @@ def run(args: argparse.Namespace) -> dict:
             loss = mixup_loss(model, xs, ys, perm, [float(rng.beta(MIXUP_ALPHA, MIXUP_ALPHA)) for _ in xs])
             all_logits, parts = None, {"mixup": loss.item()}
         else:
-            all_logits = model(torch.cat(xs))
+            all_features = model.featurize(torch.cat(xs))
+            all_logits = model.classifier(all_features)
             logits = list(torch.split(all_logits, args.batch_size))
-            loss, parts = step_loss(args.algorithm, logits, ys, weight)
+            loss, parts = step_loss(args.algorithm, logits, ys, weight, list(torch.split(all_features, args.batch_size)))
         if not torch.isfinite(loss):
             raise SystemExit(f"step {step + 1}: non-finite loss {float(loss)}")
         opt.zero_grad()
@@ -194,7 +224,7 @@ def main() -> None:
     p.add_argument("--test-env", choices=tuple(COLOUR_FLIP), default="-90%")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--anneal-iters", type=int, default=500, help="DomainBed's *_penalty_anneal_iters, in steps")
-    p.add_argument("--penalty-lambda", type=float, default=None, help="irm_lambda / vrex_lambda (default DomainBed's)")
+    p.add_argument("--penalty-lambda", type=float, default=None, help="irm_lambda / vrex_lambda / mmd_gamma (default DomainBed's)")
     p.add_argument("--batch-size", type=int, default=64, help="per training environment")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
