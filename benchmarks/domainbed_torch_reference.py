@@ -1,16 +1,17 @@
-"""DomainBed's ERM / IRM / VREx / Mixup / MMD on ColoredMNIST in PyTorch eager: the reference our runs sit beside.
+"""DomainBed's ERM / IRM / VREx / Mixup / MMD on Colored/RotatedMNIST in PyTorch eager: the reference our runs sit beside.
 
 A PyTorch re-statement of what ``domainbed/algorithms.py`` (``ERM``, ``IRM``, ``VREx``, ``Mixup``,
 ``MMD``),
 ``domainbed/networks.py`` (``MNIST_CNN``) and ``domainbed/scripts/train.py`` run for
-ColoredMNIST, written from reading them (facebookresearch/DomainBed), on **the same arrays**
-as da_framework's ``cmnist/<env>`` domains (``da_framework/data/dg_mnist.py``: same
-environments, same in/out splits), so that a difference between this script's curve and
+ColoredMNIST and RotatedMNIST, written from reading them (facebookresearch/DomainBed), on **the
+same arrays** as da_framework's ``cmnist/<env>`` and ``rmnist/<angle>`` domains
+(``da_framework/data/dg_mnist.py``: same environments, same in/out splits), so that a difference between this script's curve and
 ``da run cmnist_dg ...`` is the training code's, not the data's:
 
 * the network is ``MNIST_CNN`` (four 3x3 convs 64-128-128-128, the second with stride 2,
-  each ReLU then GroupNorm(8); mean over positions) and one ``nn.Linear(128, 2)``, with
-  PyTorch's default initialisation, as DomainBed builds it;
+  each ReLU then GroupNorm(8); mean over positions) and one ``nn.Linear(128, classes)``
+  (ColoredMNIST: 2 input channels, 2 classes; RotatedMNIST: 1 and 10), with PyTorch's
+  default initialisation, as DomainBed builds it;
 * every step draws ``batch_size`` examples with replacement from each training
   environment's in-split (DomainBed's ``InfiniteDataLoader`` samples with replacement),
   forwards them as one batch, and takes one Adam step (lr 1e-3, no weight decay);
@@ -35,6 +36,12 @@ Run (cores otherwise idle; about 0.5 s a step on the 2-core CPUs here):
     DA_DATA_DIR=../shared/data python benchmarks/domainbed_torch_reference.py \
         --algorithm IRM --test-env=-90% --steps 1000 --anneal-iters 500 --out /tmp/irm_torch.json
 
+RotatedMNIST ERM, test environment 75 degrees, 500 steps (DomainBed's train.py evaluates every
+``checkpoint_freq`` 100 steps on MNIST):
+
+    DA_DATA_DIR=../shared/data python benchmarks/domainbed_torch_reference.py \
+        --dataset rmnist --algorithm ERM --test-env 75 --steps 500 --out /tmp/erm_rmnist_75.json
+
 The da_framework run of the same workload is
 ``da run cmnist_dg -m "cross_entropy + irm(steps_of=1000)" --steps 1000`` (IRM's switch at
 step 500 of 1000: ``steps_of`` makes ``irm_penalty_anneal_iters`` count steps).
@@ -55,18 +62,20 @@ import torch
 import torch.nn.functional as F
 from torch import autograd, nn
 
-from da_framework.data.dg_mnist import COLOUR_FLIP
+from da_framework.data.dg_mnist import COLOUR_FLIP, ROTATIONS
 from da_framework.data.registry import get_domain
 
 ALGORITHMS = ("ERM", "IRM", "VREx", "Mixup", "MMD")
 # DomainBed's hparams_registry defaults: irm_lambda, vrex_lambda, mmd_gamma
 DEFAULT_LAMBDA = {"ERM": 0.0, "IRM": 1e2, "VREx": 1e1, "Mixup": 0.0, "MMD": 1.0}
 MMD_GAMMAS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # AbstractMMD.gaussian_kernel's widths
+# dataset -> (environment names, input channels, classes), as DomainBed's datasets.py defines them
+DATASETS = {"cmnist": (tuple(COLOUR_FLIP), 2, 2), "rmnist": (tuple(str(a) for a in ROTATIONS), 1, 10)}
 MIXUP_ALPHA = 0.2  # DomainBed's default mixup_alpha
 
 
 class MNISTCNN(nn.Module):
-    """DomainBed's MNIST_CNN featurizer with its linear classifier (2 classes for ColoredMNIST)."""
+    """DomainBed's MNIST_CNN featurizer with its linear classifier (defaults: ColoredMNIST's 2 channels, 2 classes)."""
 
     def __init__(self, in_channels: int = 2, num_classes: int = 2) -> None:
         super().__init__()
@@ -146,9 +155,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
     return correct / len(x)
 
 
-def load_env(name: str, split: str, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One environment split of da_framework's ColoredMNIST as NCHW float32 / int64 tensors."""
-    arrays = get_domain(f"cmnist/{name}", data_dir).split(split).arrays
+def load_env(name: str, split: str, data_dir: str | None, dataset: str = "cmnist") -> tuple[torch.Tensor, torch.Tensor]:
+    """One environment split of da_framework's ColoredMNIST / RotatedMNIST as NCHW float32 / int64 tensors."""
+    arrays = get_domain(f"{dataset}/{name}", data_dir).split(split).arrays
     x = torch.from_numpy(np.ascontiguousarray(np.transpose(arrays["image"], (0, 3, 1, 2))))
     return x, torch.from_numpy(arrays["label"].astype(np.int64))
 
@@ -159,14 +168,17 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     data_dir = os.environ.get("DA_DATA_DIR")
-    train_envs = [e for e in COLOUR_FLIP if e != args.test_env]
-    train = [load_env(e, "train", data_dir) for e in train_envs]
-    val = {e: load_env(e, "val", data_dir) for e in train_envs}
-    test = load_env(args.test_env, "test", data_dir)
+    envs, channels, classes = DATASETS[args.dataset]
+    if args.test_env not in envs:
+        raise SystemExit(f"{args.dataset} has no test environment {args.test_env!r}; valid: {', '.join(envs)}")
+    train_envs = [e for e in envs if e != args.test_env]
+    train = [load_env(e, "train", data_dir, args.dataset) for e in train_envs]
+    val = {e: load_env(e, "val", data_dir, args.dataset) for e in train_envs}
+    test = load_env(args.test_env, "test", data_dir, args.dataset)
     if args.eval_limit:
         val = {e: (x[:args.eval_limit], y[:args.eval_limit]) for e, (x, y) in val.items()}
         test = (test[0][:args.eval_limit], test[1][:args.eval_limit])
-    model = MNISTCNN()
+    model = MNISTCNN(channels, classes)
     make_opt = lambda: torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=0.0)
     opt = make_opt()
     lam = DEFAULT_LAMBDA[args.algorithm] if args.penalty_lambda is None else args.penalty_lambda
@@ -204,8 +216,8 @@ def run(args: argparse.Namespace) -> dict:
         if done % args.eval_every == 0 or done == args.steps:
             row = {"step": done, "target_test_accuracy": accuracy(model, *test)}
             for e, (x, y) in val.items():
-                row[f"source_val_accuracy/cmnist/{e}"] = accuracy(model, x, y)
-            row["source_val_accuracy"] = float(np.mean([row[f"source_val_accuracy/cmnist/{e}"] for e in val]))
+                row[f"source_val_accuracy/{args.dataset}/{e}"] = accuracy(model, x, y)
+            row["source_val_accuracy"] = float(np.mean([row[f"source_val_accuracy/{args.dataset}/{e}"] for e in val]))
             history.append(row)
             print(json.dumps(row), flush=True)
     return {
@@ -221,7 +233,8 @@ def main() -> None:
     """Parses the command line, runs, writes the JSON record."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--algorithm", choices=ALGORITHMS, default="IRM")
-    p.add_argument("--test-env", choices=tuple(COLOUR_FLIP), default="-90%")
+    p.add_argument("--dataset", choices=tuple(DATASETS), default="cmnist")
+    p.add_argument("--test-env", default="-90%", help="cmnist: +90%%, +80%%, -90%%; rmnist: 0, 15, ..., 75")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--anneal-iters", type=int, default=500, help="DomainBed's *_penalty_anneal_iters, in steps")
     p.add_argument("--penalty-lambda", type=float, default=None, help="irm_lambda / vrex_lambda / mmd_gamma (default DomainBed's)")
