@@ -24,7 +24,7 @@ targets are (the streams are the loop's own).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -33,7 +33,15 @@ import numpy as np
 
 from da_framework.config import ConfigError, ExperimentConfig
 from da_framework.train.evaluate import make_predict_fn
-from da_framework.train.loop import RunResult, batch_streams, build, check_finite, evaluate_state, init_state
+from da_framework.train.loop import (
+    Experiment,
+    RunResult,
+    batch_streams,
+    build,
+    check_finite,
+    evaluate_state,
+    init_state,
+)
 from da_framework.train.source_augment import trainer_step
 from da_framework.train.target_pass import TargetPassStep
 
@@ -96,12 +104,29 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int], execution: str =
         raise ConfigError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
     if config.num_devices != 1 or config.checkpoint_every:
         raise ConfigError("vmapped seeds need num_devices=1 and checkpoint_every=0; run seeds separately otherwise")
-    mode = resolve_execution(execution)
     start = time.perf_counter()
     exp = build(config)
     if isinstance(trainer_step(exp.step), TargetPassStep):
         raise ConfigError(f"trainer of {config.method!r} reads the whole target split between steps "
                           "(train/target_pass.py), which vmapped seeds do not run; run its seeds separately")
+    return stacked_training(exp, [config.replace(seed=s) for s in seeds], lambda _, *args: exp.step(*args), {},
+                            execution, start)
+
+
+def stacked_training(exp: Experiment, configs: Sequence[ExperimentConfig], step: Callable[..., Any],
+                     table: Mapping[str, jax.Array], execution: str = "auto", start: float | None = None
+                     ) -> list[RunResult]:
+    """The loop of :func:`train_seeds` and :func:`~da_framework.bench.vmap_samples.train_samples`.
+
+    Run ``k`` is ``configs[k]`` (its seed gives its keys and data streams); ``step(values, state,
+    source, target, key)`` is one run's step, where ``values`` is run ``k``'s slice of ``table``
+    (arrays with a leading axis of K); the K steps run vmapped or unrolled per ``execution``.
+    Evaluation, logging and the finite checks are ``exp``'s, which every config shares.
+    ``start``: the ``perf_counter`` time the shared ``wall_time_s`` counts from (default now).
+    """
+    mode = resolve_execution(execution)
+    start = time.perf_counter() if start is None else start
+    config, seeds = exp.config, [c.seed for c in configs]
     streams = [batch_streams(exp, s, config.batch_size) for s in seeds]
     keys = [jax.random.split(jax.random.key(s)) for s in seeds]  # per seed: (init key, step key), as in train()
     key_init = jnp.stack([k[0] for k in keys])
@@ -117,7 +142,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int], execution: str =
 
     def counted_step(*args: Any) -> Any:
         traces[0] += 1
-        return (jax.vmap(exp.step) if mode == "vmap" else unrolled(exp.step, len(seeds)))(*args)
+        return (jax.vmap(step) if mode == "vmap" else unrolled(step, len(configs)))(dict(table), *args)
 
     step_fn = jax.jit(counted_step, donate_argnums=0)
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
@@ -126,25 +151,25 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int], execution: str =
     def run_eval(k: int) -> dict[str, Any]:
         return evaluate_state(exp, jax.tree.map(lambda x: x[k], states), predict)
 
-    histories: list[list[dict[str, Any]]] = [[] for _ in seeds]
+    histories: list[list[dict[str, Any]]] = [[] for _ in configs]
     for i in range(config.steps):
         states, metrics = step_fn(states, s_batch, t_batch, fold(key_steps, i))
         if (i + 1) % config.log_every == 0 or i + 1 == config.steps:
             fetched = jax.device_get(metrics)
-            for k in range(len(seeds)):
+            for k, c in enumerate(configs):
                 logged = {name: float(v[k]) for name, v in fetched.items()}
-                check_finite(i + 1, logged, config.learning_rate)
+                check_finite(i + 1, logged, c.learning_rate)
                 histories[k].append({"step": i + 1, **logged})
         if config.eval_every and (i + 1) % config.eval_every == 0 and i + 1 < config.steps:
-            for k in range(len(seeds)):
+            for k in range(len(configs)):
                 histories[k].append({"step": i + 1, **run_eval(k)})
         if i + 1 < config.steps:
             s_batch, t_batch = next_batches()
 
     results = []
     wall = time.perf_counter() - start
-    for k, s in enumerate(seeds):
+    for k, c in enumerate(configs):
         final = run_eval(k)
         histories[k].append({"step": config.steps, **final})
-        results.append(RunResult(config.replace(seed=s), final, histories[k], jax.tree.map(lambda x, k=k: x[k], states), wall, traces[0]))
+        results.append(RunResult(c, final, histories[k], jax.tree.map(lambda x, k=k: x[k], states), wall, traces[0]))
     return results

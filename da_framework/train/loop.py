@@ -138,14 +138,24 @@ def build(config: ExperimentConfig) -> Experiment:
     method = parse_method(config.method)
     model = make_model(config.model, sources[0].num_classes, config.bottleneck_dim, config.bottleneck_norm, **build_kwargs(config.model_kwargs))
     tx = make_optimizer(config, inject_learning_rate=switches_learning_rate(method))
+    step = make_step(config, model, method, tx, sources, targets)
+    return Experiment(config, sources, targets, model, method, tx, step)
+
+
+def make_step(config: ExperimentConfig, model: Any, method: Any, tx: optax.GradientTransformation,
+              sources: tuple[Any, ...], targets: tuple[Any, ...]) -> Any:
+    """The train step of ``config``'s trainer for ``method`` and ``tx``, with its source augmentation.
+
+    :func:`build`'s last part; the vmapped-samples runner (:mod:`da_framework.bench.vmap_samples`)
+    calls it with a method and optimiser whose numbers are traced arrays.
+    """
     step = get_trainer(config.trainer, method, config.forward_target)(
         model, method, tx, config.steps, input_key=sources[0].input_key, compute_dtype=config.compute_dtype,
         num_sources=len(sources), num_targets=len(targets),
     )
     if (check := getattr(step, "check_config", None)) is not None:  # a trainer refusing settings it cannot honour
         check(config)
-    step = with_source_augment(step, config.source_augment, sources[0].input_key, sources[0].input_shape)
-    return Experiment(config, sources, targets, model, method, tx, step)
+    return with_source_augment(step, config.source_augment, sources[0].input_key, sources[0].input_shape)
 
 
 def batch_streams(exp: Experiment, stream: int, batch_size: int) -> tuple[Any, Any]:

@@ -251,6 +251,16 @@ class Method:
         return "".join(out)
 
 
+def unchecked_method(name: str, terms: tuple[LossTerm, ...]) -> Method:
+    """A :class:`Method` built without :meth:`LossTerm.validate`, for weights and hyper-parameters
+    that are traced arrays inside a compiled step (:mod:`da_framework.bench.vmap_samples`); the
+    concrete values were validated when each sample's own config was parsed."""
+    method = object.__new__(Method)
+    object.__setattr__(method, "name", name)
+    object.__setattr__(method, "terms", terms)
+    return method
+
+
 _TERM_RE = re.compile(
     r"^\s*(?:(?P<weight>[^*()]*?)\s*\*\s*)?(?P<loss>[A-Za-z_]\w*)"
     r"\s*(?:\((?P<hparams>.*)\))?\s*(?:@\s*(?P<schedule>\w+))?(?:\s+as\s+(?P<key>[A-Za-z_]\w*))?\s*$",

@@ -113,6 +113,11 @@ def domain_views(
     return tuple(views)
 
 
+def _number(value: Any) -> Any:
+    """A hyper-parameter as a float, or unchanged when it is a (traced) array (vmapped samples)."""
+    return value if isinstance(value, jax.Array) else float(value)
+
+
 def optimizer_resets(method: Method) -> list[tuple[float, float, float | None]]:
     """``(step, steps_of, lr)`` of every term registered with an ``optimizer_reset`` hyper-parameter;
     ``lr`` is the term's ``lr_after_reset`` value (the learning rate from the reset on), or None."""
@@ -121,8 +126,8 @@ def optimizer_resets(method: Method) -> list[tuple[float, float, float | None]]:
         spec = get_loss(term.loss)
         if spec.optimizer_reset:
             hp = {**spec.hparams, **dict(term.hparams)}
-            lr = float(hp[spec.lr_after_reset]) if spec.lr_after_reset else None
-            out.append((float(hp[spec.optimizer_reset]), float(hp.get("steps_of", 0.0)), lr))
+            lr = _number(hp[spec.lr_after_reset]) if spec.lr_after_reset else None
+            out.append((_number(hp[spec.optimizer_reset]), float(hp.get("steps_of", 0.0)), lr))
     if sum(lr is not None for *_, lr in out) > 1:
         raise LossError("at most one term of a method may switch the learning rate at its reset "
                         f"(lr_after_reset), got {sum(lr is not None for *_, lr in out)}")
