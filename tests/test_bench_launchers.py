@@ -142,7 +142,7 @@ def test_bad_launcher_options_are_one_line_errors(tmp_path):
         (["--launcher", "nope"], "unknown launcher 'nope'"),
         (["--launcher", "ray", "--workers", "2"], "--workers do not apply to --launcher ray"),
         (["--launcher", "local", "--slurm-partition", "gpu"], "--slurm-partition do not apply to --launcher local"),
-        (["--launcher", "ray", "--vmap-seeds"], "--vmap-seeds runs with --launcher local only"),
+        (["--launcher", "ray", "--vmap-seeds"], "--vmap-seeds / --vmap-samples run with --launcher local only"),
     ]:
         result = cli.invoke(app, ["bench", "digits_default", "--results-dir", str(tmp_path), *args])
         assert result.exit_code == 2, result.output

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -184,6 +185,31 @@ def test_bench_vmap_seeds_option_writes_every_seed(tmp_path):
     assert {"selection", "analysis", "metrics"} <= set(rec)
     r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "res"), "--vmap-seeds"])
     assert r.exit_code == 0 and "2 already done" in r.output
+
+
+def test_bench_vmap_samples_option_gives_the_separate_runs_records(tmp_path):
+    """A learning-rate x loss-weight grid x 2 seeds (8 runs) as one program equals the plain sweep."""
+    sweep = {**_sweep(grid={"learning_rate": [1e-3, 1e-2], "weight:mmd": [0.5, 2.0]}), "methods": ["dan"]}
+    sweep["base"] = {**sweep["base"], "steps": 3}
+    path = tmp_path / "s.py"
+    path.write_text(f"def get_sweep():\n    return {sweep!r}\n")
+    r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "one"), "--vmap-samples", "0"])
+    assert r.exit_code == 0 and "8 runs of dan (one program)" in r.output, r.output
+    r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "plain")])
+    assert r.exit_code == 0, r.output
+    one = sorted((tmp_path / "one").rglob("seed*.json"))
+    assert len(one) == 8
+    for p in one:
+        got, ref = json.loads(p.read_text()), json.loads((tmp_path / "plain" / p.relative_to(tmp_path / "one")).read_text())
+        assert got["runner"] == "vmap_samples(k=8, unroll)" and got["config"] == ref["config"]
+        for h_g, h_r in zip(got["history"], ref["history"]):
+            assert h_g.keys() == h_r.keys()
+            if "loss" in h_r:
+                np.testing.assert_allclose(h_g["loss"], h_r["loss"], rtol=1e-4, err_msg=str(p))
+        assert abs(got["metrics"]["target_test_accuracy"] - ref["metrics"]["target_test_accuracy"]) <= 1 / 180 + 1e-12
+    r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "one"), "--vmap-samples", "0",
+                                 "--vmap-seeds"])
+    assert r.exit_code == 2 and "--vmap-samples already groups seeds" in r.output
 
 
 def test_diverging_grid_point_is_recorded_skipped_on_resume_and_reported(tmp_path):

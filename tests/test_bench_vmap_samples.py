@@ -8,8 +8,8 @@ from da_framework.config import ConfigError, ExperimentConfig
 from da_framework.train import train
 
 # two training environments and IRM with DomainBed's Adam reset, on a tiny MLP
-DG = dict(source="digits/source,digits/blur", target="digits/rotate", model="mlp", model_kwargs={"hidden": (16,)},
-          batch_size=8, log_every=1, steps=6, optimizer="adam")
+DG = {"source": "digits/source,digits/blur", "target": "digits/rotate", "model": "mlp", "model_kwargs": {"hidden": (16,)},
+      "batch_size": 8, "log_every": 1, "steps": 6, "optimizer": "adam"}
 
 
 def _irm(lam: float, anneal: int, weight: float = 1.0) -> str:

@@ -42,6 +42,8 @@ def bench(
     results_dir: Annotated[Path, typer.Option(help="where result JSON files go")] = Path("results"),
     max_runs: Annotated[int | None, typer.Option(min=0, help="stop after this many new runs (the rest stay pending)")] = None,
     vmap_seeds: Annotated[bool, typer.Option(help="train the pending seeds of each (pair, method, grid point) as one vmapped program")] = False,
+    vmap_samples: Annotated[int | None, typer.Option(min=0, help="train pending runs that differ only in seed, learning rate, weight decay "
+                                                     "and loss numbers as one program, N runs at most (0: all)")] = None,
     launcher: Annotated[str, typer.Option(help="where runs execute: local, multi-device, ray or slurm")] = "local",
     retries: Annotated[int, typer.Option(min=0, help="non-local launchers: rerun runs a dead worker left pending this many times")] = 2,
     workers: Annotated[int | None, typer.Option(min=1, help="multi-device: worker processes (default: one per local accelerator; 1 on CPU)")] = None,
@@ -95,19 +97,25 @@ def bench(
                                       "--slurm-timeout-min": slurm_timeout_min, "--slurm-cluster": slurm_cluster})
     if stray:
         _fail(f"{', '.join(stray)} do not apply to --launcher {launcher}")
+    if vmap_seeds and vmap_samples is not None:
+        _fail("--vmap-seeds and --vmap-samples both group runs; --vmap-samples already groups seeds, drop --vmap-seeds")
     if launcher != "local":
-        if vmap_seeds:
-            _fail("--vmap-seeds runs with --launcher local only; drop one of them")
+        if vmap_seeds or vmap_samples is not None:
+            _fail("--vmap-seeds / --vmap-samples run with --launcher local only; drop one of them")
         _launch(launcher, runs, todo, results_dir, retries=retries, workers=workers, address=ray_address,
                 cpus=cpus_per_run, gpus=gpus_per_run, partition=slurm_partition, timeout_min=slurm_timeout_min,
                 cluster=slurm_cluster)
         return
     busy = 0
     with RunProgress(console, len(todo)) as progress:
-        if vmap_seeds:
-            for group in seed_groups(todo):
+        if vmap_seeds or vmap_samples is not None:
+            from da_framework.bench.vmap_samples import run_sample_group, sample_groups
+
+            grouped = seed_groups(todo) if vmap_seeds else sample_groups(todo, vmap_samples or 0)
+            for group in grouped:
                 c = group[0].config
-                label = f"{c.source}→{c.target} | {c.method} | {dict(group[0].hparams) or ''} seeds {[r.config.seed for r in group]} (vmapped)"
+                label = (f"{c.source}→{c.target} | {c.method} | {dict(group[0].hparams) or ''} seeds {[r.config.seed for r in group]} (vmapped)"
+                         if vmap_seeds else f"{c.source}→{c.target} | {len(group)} runs of {group[0].sweep_method or c.method} (one program)")
                 with _claim_all(group, claim) as mine:
                     busy += len(group) - len(mine)
                     if not mine:
@@ -115,7 +123,7 @@ def bench(
                         continue
                     progress.start(label, c.steps)
                     try:
-                        records = run_seed_group(mine)
+                        records = run_seed_group(mine) if vmap_seeds else run_sample_group(mine)
                     except errors as e:
                         _fail(f"{label}: {e}", e)
                 accs = ", ".join(f"{r['metrics']['target_test_accuracy']:.3f}" for r in records)

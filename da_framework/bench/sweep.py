@@ -312,7 +312,7 @@ def features_path(record_path: Path) -> Path:
     return record_path.with_suffix(".features.npz")
 
 
-def _write_run(run: RunSpec, result: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_run(run: RunSpec, result: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Scores a finished run, writes its features then its record (atomically, last)."""
     selection, analysis, features = evaluate_for_selection(run.config, result.state)
     record = make_record(result.config, result.metrics, result.history, result.wall_time_s)
@@ -359,7 +359,7 @@ def run_one(run: RunSpec, on_log: Callable[[int, dict[str, float]], None] | None
     """Trains one run with :func:`train` and writes its record."""
     from da_framework.train.loop import train
 
-    return _write_run(run, train(run.config, on_log=on_log))
+    return write_run(run, train(run.config, on_log=on_log))
 
 
 def run_or_record_divergence(run: RunSpec, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
@@ -391,7 +391,7 @@ def run_seed_group(runs: Sequence[RunSpec]) -> list[dict[str, Any]]:
     for run, result in zip(runs, results):
         result.wall_time_s /= len(runs)
         plain = dataclasses.replace(run, config=result.config)
-        out.append(_write_run(plain, result, {"runner": f"vmap_seeds(k={len(runs)}, {resolve_execution('auto')})"}))
+        out.append(write_run(plain, result, {"runner": f"vmap_seeds(k={len(runs)}, {resolve_execution('auto')})"}))
     return out
 
 

@@ -154,3 +154,34 @@ def train_samples(configs: Sequence[ExperimentConfig], execution: str = "auto") 
             jax.errors.TracerIntegerConversionError) as e:
         raise ConfigError(f"a varying number ({', '.join(varying)}) is read as a Python value by the step "
                           f"({type(e).__name__}); run these samples separately") from None
+
+
+def sample_groups(runs: Sequence[Any], max_size: int = 0) -> list[list[Any]]:
+    """Sweep runs (:class:`~da_framework.bench.sweep.RunSpec`) grouped by :func:`skeleton`, in
+    order: the runs of one pair and method that differ only in seed and numbers; groups of at
+    most ``max_size`` runs (0: no limit)."""
+    groups: dict[str, list[Any]] = {}
+    for r in runs:
+        groups.setdefault(repr(skeleton(r.config.replace(checkpoint_every=0, checkpoint_dir=None))), []).append(r)
+    size = max_size or max((len(g) for g in groups.values()), default=1)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def run_sample_group(runs: Sequence[Any], execution: str = "auto") -> list[dict[str, Any]]:
+    """Trains one :func:`sample_groups` group as one program and writes each run's record.
+
+    The records' configs have checkpointing off and carry ``"runner": "vmap_samples(k=K, <execution>)"``;
+    their metrics equal separate runs up to float reassociation, so ``da reproduce`` of them
+    needs a tolerance.
+    """
+    from da_framework.bench.sweep import write_run
+    from da_framework.bench.vmap_seeds import resolve_execution
+
+    configs = [r.config.replace(checkpoint_every=0, checkpoint_dir=None) for r in runs]
+    results = train_samples(configs, execution)
+    out = []
+    for run, result in zip(runs, results):
+        result.wall_time_s /= len(runs)
+        out.append(write_run(dataclasses.replace(run, config=result.config), result,
+                             {"runner": f"vmap_samples(k={len(runs)}, {resolve_execution(execution)})"}))
+    return out
