@@ -287,3 +287,28 @@ def test_domainbed_test_envs_keep_their_main_runs_and_every_leave_one_out_pair_t
     monkeypatch.setenv("DA_DG_TEST_ENVS", "+90%,90")
     with pytest.raises(ConfigError, match=r"cmnist has no test environment 90; valid: \+90%, \+80%, -90%"):
         load_sweep("cmnist_domainbed")
+
+
+def test_domainbed_fixed_batch_size_lets_an_algorithms_samples_share_one_program(tmp_path, monkeypatch):
+    from da_framework.bench.sweep import load_sweep
+    from da_framework.bench.vmap_samples import differing, sample_groups
+    from da_framework.config import ConfigError
+
+    for k, v in {"DA_DG_STEPS": "40", "DA_DG_SAMPLES": "3", "DA_DG_ALGORITHMS": "ERM,IRM", "DA_DG_SEEDS": "0,1",
+                 "DA_DG_LEAVE_ONE_OUT": "0", "DA_DG_TEST_ENVS": "+90%"}.items():
+        monkeypatch.setenv(k, v)
+    sampled = expand_sweep(load_sweep("cmnist_domainbed"), tmp_path)
+    assert len({r.config.batch_size for r in sampled}) > 1  # DomainBed's protocol samples it: no group of 12
+    assert max(len(g) for g in sample_groups(sampled)) < 6
+    monkeypatch.setenv("DA_DG_BATCH_SIZE", "32")
+    sweep = load_sweep("cmnist_domainbed")
+    assert sweep["name"] == "cmnist_domainbed_steps40_samples3_batch32"  # another protocol, another folder
+    runs = expand_sweep(sweep, tmp_path)
+    assert {r.config.batch_size for r in runs} == {32} and len(runs) == 2 * 3 * 2
+    groups = sample_groups(runs)
+    assert [len(g) for g in groups] == [6, 6]  # per algorithm: 3 samples x 2 trials
+    assert differing([r.config for r in groups[1]]) == ["irm.irm_lambda", "irm.irm_penalty_anneal_iters", "learning_rate"]
+    assert [len(g) for g in sample_groups(runs, 4)] == [4, 2, 4, 2]
+    monkeypatch.setenv("DA_DG_BATCH_SIZE", "big")
+    with pytest.raises(ConfigError, match="DA_DG_BATCH_SIZE must be a positive integer"):
+        load_sweep("cmnist_domainbed")

@@ -181,7 +181,8 @@ ALGORITHMS: dict[str, str] = {
 
 def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int = 5001, samples: int = 20,
                     seeds: tuple[int, ...] = (0, 1, 2), leave_one_out: bool = True, search_seed: int = 0,
-                    per_trial: bool = True, test_envs: Sequence[str] | None = None) -> dict[str, Any]:
+                    per_trial: bool = True, test_envs: Sequence[str] | None = None,
+                    batch_size: int | None = None) -> dict[str, Any]:
     """A ``da bench`` sweep dict of DomainBed's protocol on ``family``: algorithms (DomainBed
     names, default all of :data:`ALGORITHMS`) x held-out environments (and leave-one-out pairs)
     x ``samples`` random hyper-parameter points (sample 0: the defaults) x trial ``seeds``.
@@ -191,6 +192,9 @@ def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int
     --vmap-seeds`` trains them as one program); ``da bench SWEEP --plan`` prints every run and
     its sampled values before anything trains.  ``test_envs`` restricts the held-out environments
     (:func:`domainbed_pairs`); the sweep keeps its name, so its records join the full sweep's.
+    ``batch_size`` fixes the batch size instead of sampling it (not DomainBed's protocol, so the
+    sweep's name gains ``_batch<N>``): then the samples of an algorithm share array shapes and
+    ``da bench --vmap-samples`` trains them as one program (:mod:`~da_framework.bench.vmap_samples`).
     """
     names = algorithms if algorithms is not None else list(ALGORITHMS)
     unknown = [a for a in names if a not in ALGORITHMS]
@@ -199,15 +203,22 @@ def domainbed_sweep(family: str, algorithms: list[str] | None = None, steps: int
     methods = [ALGORITHMS[a] for a in names]
     first = ENVIRONMENTS[family][0].split("/", 1)[1] if family in ENVIRONMENTS else ""
     base = {k: v for k, v in domainbed_dg(family, first, steps).items() if k not in ("source", "target")}
+    spaces = {m: domainbed_space(m) for m in methods}
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UserError(f"batch_size must be a positive integer, got {batch_size}")
+        base["batch_size"] = batch_size
+        spaces = {m: {k: v for k, v in space.items() if k != "batch_size"} for m, space in spaces.items()}
     return {
-        "name": f"{family}_domainbed" + ("" if (steps, samples) == (5001, 20) else f"_steps{steps}_samples{samples}"),
+        "name": f"{family}_domainbed" + ("" if (steps, samples) == (5001, 20) else f"_steps{steps}_samples{samples}")
+                + ("" if batch_size is None else f"_batch{batch_size}"),
         "base": base,
         "methods": methods,
         "method_settings": {m: ALGORITHM_SETTINGS[m] for m in methods if m in ALGORITHM_SETTINGS},
         "pairs": domainbed_pairs(family, leave_one_out, test_envs),
         "seeds": list(seeds),
         "search": {"samples": samples, "seed": search_seed, "per_trial": per_trial,
-                   "spaces": {m: domainbed_space(m) for m in methods}},
+                   "spaces": spaces},
     }
 
 
@@ -218,7 +229,8 @@ def domainbed_sweep_from_env(family: str, algorithms: str | None = None, steps: 
     ``$DA_DG_SAMPLES``, ``$DA_DG_SEEDS`` (comma-separated trial seeds), ``$DA_DG_PER_TRIAL``
     (``0``: one draw per sample for all trials), ``$DA_DG_LEAVE_ONE_OUT`` (``0``: only the
     main runs, no leave-one-domain-out pairs, so that rule has no table) and ``$DA_DG_TEST_ENVS``
-    (comma-separated test environments without the family, e.g. ``0,75``; default all)."""
+    (comma-separated test environments without the family, e.g. ``0,75``; default all) and
+    ``$DA_DG_BATCH_SIZE`` (a fixed batch size, not sampled: ``batch_size`` of :func:`domainbed_sweep`)."""
     import os
 
     names = os.environ.get("DA_DG_ALGORITHMS", algorithms or "")
@@ -227,8 +239,12 @@ def domainbed_sweep_from_env(family: str, algorithms: str | None = None, steps: 
         seeds = tuple(int(s) for s in trial_seeds.split(",")) if trial_seeds else seeds
     except ValueError:
         raise UserError(f"DA_DG_SEEDS must be comma-separated integers, e.g. 0,1,2, got {trial_seeds!r}") from None
+    batch = os.environ.get("DA_DG_BATCH_SIZE")
+    if batch is not None and not batch.strip().isdigit():
+        raise UserError(f"DA_DG_BATCH_SIZE must be a positive integer, e.g. 64, got {batch!r}")
     return domainbed_sweep(family, names.split(",") if names else None, steps=int(os.environ.get("DA_DG_STEPS", str(steps))),
                            samples=int(os.environ.get("DA_DG_SAMPLES", str(samples))), seeds=seeds,
                            leave_one_out=os.environ.get("DA_DG_LEAVE_ONE_OUT", "1") != "0",
                            per_trial=os.environ.get("DA_DG_PER_TRIAL", "1") != "0",
-                           test_envs=[t.strip() for t in os.environ["DA_DG_TEST_ENVS"].split(",")] if os.environ.get("DA_DG_TEST_ENVS") else None)
+                           test_envs=[t.strip() for t in os.environ["DA_DG_TEST_ENVS"].split(",")] if os.environ.get("DA_DG_TEST_ENVS") else None,
+                           batch_size=int(batch) if batch is not None else None)
