@@ -4,10 +4,12 @@
 #
 #   OUT=/tmp/gpu_out DA_DATA_DIR=<dir with mnist/mnist.npz, usps/usps.npz> bash benchmarks/gpu_session.sh
 #
-# PARTS picks what runs (default "runs": what no GPU session has measured yet):
+# PARTS picks what runs (default "dgvmap runs": what no GPU session has measured yet):
 #   throughput  issue 16: LeNet and DTN train steps at batch 128, JAX vs PyTorch eager (done 2026-12-04);
 #   fed         issue 16: the 100-client FedAvg round, vmapped vs the sequential loop (done 2026-12-04);
 #   resnet50    issue 18: an imported torchvision ResNet-50: parity, DANN bf16 step rate (done 2026-12-04);
+#   dgvmap      issue 17: 8 DomainBed IRM samples (fixed batch 64) on ColoredMNIST as one program, vmapped
+#               and unrolled, vs 8 separate runs (benchmarks/dg_vmap_trials.py --samples; never measured on a GPU);
 #   runs        issues 15 and 17: the queue below, full-length training runs, SLOTS at a time on the one
 #               GPU (a LeNet or MNIST_CNN run uses a small part of it), until BUDGET_S is spent.
 # Everything lands in $OUT: session.log, the JSON files of the parts run, records.tar.gz (the runs'
@@ -15,7 +17,7 @@
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 BUDGET_S=${BUDGET_S:-540}
-PARTS=${PARTS:-runs}
+PARTS=${PARTS:-dgvmap runs}
 SLOTS=${SLOTS:-3}
 RECORDS=/tmp/gpu_records
 mkdir -p "$OUT/logs" "$RECORDS"
@@ -40,6 +42,11 @@ if has resnet50; then
   echo "== imported ResNet-50 (left $(left) s)"
   timeout 200 python3 benchmarks/pretrained_gpu_check.py --batches 128 --steps 20 --rounds 3 \
     --out "$OUT/resnet50_imported_gpu.json"
+fi
+if has dgvmap; then
+  echo "== DomainBed samples in one program (left $(left) s)"
+  timeout 240 python3 benchmarks/dg_vmap_trials.py --family cmnist --algorithm IRM --samples 8 --seeds 0 --steps 500 \
+    --eval-every 0 --out "$OUT/dg_samples_cmnist_irm8_gpu.json"
 fi
 
 # The queue, most wanted first: "<name>|<arguments of da>". The two tllib sweeps are tllib's full
