@@ -188,20 +188,20 @@ def test_bench_vmap_seeds_option_writes_every_seed(tmp_path):
 
 
 def test_bench_vmap_samples_option_gives_the_separate_runs_records(tmp_path):
-    """A learning-rate x loss-weight grid x 2 seeds (8 runs) as one program equals the plain sweep."""
-    sweep = {**_sweep(grid={"learning_rate": [1e-3, 1e-2], "weight:mmd": [0.5, 2.0]}), "methods": ["dan"]}
+    """A learning-rate x loss-weight grid (4 runs) as one program equals the plain sweep."""
+    sweep = {**_sweep(grid={"learning_rate": [1e-3, 1e-2], "weight:mmd": [0.5, 2.0]}), "methods": ["dan"], "seeds": [0]}
     sweep["base"] = {**sweep["base"], "steps": 3}
     path = tmp_path / "s.py"
     path.write_text(f"def get_sweep():\n    return {sweep!r}\n")
     r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "one"), "--vmap-samples", "0"])
-    assert r.exit_code == 0 and "8 runs of dan (one program)" in r.output, r.output
+    assert r.exit_code == 0 and "4 runs of dan (one program)" in r.output, r.output
     r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "plain")])
     assert r.exit_code == 0, r.output
     one = sorted((tmp_path / "one").rglob("seed*.json"))
-    assert len(one) == 8
+    assert len(one) == 4
     for p in one:
         got, ref = json.loads(p.read_text()), json.loads((tmp_path / "plain" / p.relative_to(tmp_path / "one")).read_text())
-        assert got["runner"] == "vmap_samples(k=8, unroll)" and got["config"] == ref["config"]
+        assert got["runner"] == "vmap_samples(k=4, unroll)" and got["config"] == ref["config"]
         for h_g, h_r in zip(got["history"], ref["history"]):
             assert h_g.keys() == h_r.keys()
             if "loss" in h_r:

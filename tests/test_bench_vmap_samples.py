@@ -1,5 +1,7 @@
 """K hyper-parameter samples in one compiled program == K separate train() runs."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -16,18 +18,26 @@ def _irm(lam: float, anneal: int, weight: float = 1.0) -> str:
     return f"cross_entropy + {weight}*irm(irm_lambda={lam}, irm_penalty_anneal_iters={anneal}, steps_of=6)"
 
 
+CONFIGS = (
+    ExperimentConfig(method=_irm(10.0, 2), learning_rate=1e-3, seed=0, **DG),
+    ExperimentConfig(method=_irm(100.0, 4, 0.5), learning_rate=3e-3, seed=1, **DG),
+    ExperimentConfig(method=_irm(1.0, 2), learning_rate=1e-3, seed=1, **DG),
+)
+
+
+@functools.cache
+def _alone(i: int):
+    return train(CONFIGS[i])
+
+
 @pytest.mark.parametrize("execution", ["unroll", "vmap"])
 def test_samples_in_one_program_match_separate_runs(execution):
-    configs = [
-        ExperimentConfig(method=_irm(10.0, 2), learning_rate=1e-3, seed=0, **DG),
-        ExperimentConfig(method=_irm(100.0, 4, 0.5), learning_rate=3e-3, seed=1, **DG),
-        ExperimentConfig(method=_irm(1.0, 2), learning_rate=1e-3, seed=1, **DG),
-    ]
+    configs = list(CONFIGS)
     assert differing(configs) == ["irm.irm_lambda", "irm.irm_penalty_anneal_iters", "irm.weight", "learning_rate"]
     together = train_samples(configs, execution=execution)
     assert together[0].compile_count == 1
-    for cfg, res in zip(configs, together):
-        alone = train(cfg)
+    for i, (cfg, res) in enumerate(zip(configs, together)):
+        alone = _alone(i)
         assert res.config == cfg
         assert [h["step"] for h in res.history] == [h["step"] for h in alone.history]
         for h_v, h_a in zip(res.history, alone.history):
