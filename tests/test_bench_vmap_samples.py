@@ -70,6 +70,10 @@ def test_groups_that_cannot_share_a_program_are_one_line_errors():
         g = ExperimentConfig(method="group_dro(eta=0.1)", **DG)
         check_group([g, g.replace(method="group_dro(eta=0.01)")])
     # a hyper-parameter the loss reads as a Python number cannot be traced: said, not a traceback
+    # EQRM keeps the learning rate in the optimiser state (it switches it at its reset): it cannot vary
+    eq = [ExperimentConfig(method="eqrm", learning_rate=lr, lr_schedule="constant", **DG) for lr in (1e-3, 2e-3)]
+    with pytest.raises(ConfigError, match="learning rate cannot vary within one program"):
+        train_samples(eq)
     # (IRM's steps_of: the length its anneal counts in, checked and converted as a Python float)
     runs = [a.replace(method=_irm(10.0, 2).replace("steps_of=6", f"steps_of={n}")) for n in (6, 12)]
     with pytest.raises(ConfigError, match=r"varying number \(irm.steps_of\) is read as a Python value"):

@@ -49,18 +49,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def sample_numbers(config: ExperimentConfig) -> dict[str, float]:
+def sample_numbers(config: ExperimentConfig) -> dict[str, float | int]:
     """The numbers of ``config`` that may differ within a group, keyed ``learning_rate``,
     ``weight_decay``, ``<term key>.weight`` and ``<term key>.<hparam>`` (stateless terms'
-    numeric hyper-parameters, defaults included)."""
-    out = {k: float(getattr(config, k)) for k in VARYING_CONFIG_KEYS}
+    numeric hyper-parameters, defaults included; an integer stays an integer)."""
+    out: dict[str, float | int] = {k: float(getattr(config, k)) for k in VARYING_CONFIG_KEYS}
     for term in parse_method(config.method).terms:
         out[f"{term.key}.weight"] = float(term.weight)
         spec = get_loss(term.loss)
         if not spec.stateful:
             for name, value in {**spec.hparams, **dict(term.hparams)}.items():
                 if _is_number(value):
-                    out[f"{term.key}.{name}"] = float(value)
+                    out[f"{term.key}.{name}"] = value if isinstance(value, numbers.Integral) else float(value)
     return out
 
 
@@ -137,7 +137,13 @@ def train_samples(configs: Sequence[ExperimentConfig], execution: str = "auto") 
         raise ConfigError(f"trainer of {configs[0].method!r} reads the whole target split between steps, which vmapped "
                           "samples do not run; run them separately")
     varying = differing(configs)
-    table = {k: jnp.asarray([sample_numbers(c)[k] for c in configs], jnp.float32) for k in varying}
+    if "learning_rate" in varying and switches_learning_rate(exp.method):
+        raise ConfigError(f"{configs[0].method!r} keeps its learning rate in the optimiser state (it switches it at a "
+                          "reset), so the learning rate cannot vary within one program; run these samples separately")
+    numbers_of = [sample_numbers(c) for c in configs]
+    table = {k: jnp.asarray([n[k] for n in numbers_of],
+                            jnp.int32 if all(isinstance(n[k], numbers.Integral) for n in numbers_of) else jnp.float32)
+             for k in varying}
     c0 = exp.config
 
     def sample_step(values: Mapping[str, jax.Array], state: Any, source: Any, target: Any, key: jax.Array) -> Any:
