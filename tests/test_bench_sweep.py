@@ -207,6 +207,12 @@ def test_bench_vmap_samples_option_gives_the_separate_runs_records(tmp_path):
             if "loss" in h_r:
                 np.testing.assert_allclose(h_g["loss"], h_r["loss"], rtol=1e-4, err_msg=str(p))
         assert abs(got["metrics"]["target_test_accuracy"] - ref["metrics"]["target_test_accuracy"]) <= 1 / 180 + 1e-12
+    # da reproduce reruns such a record alone: bitwise equal or, with the note, within a tolerance
+    for p in one[:2]:
+        r = CliRunner().invoke(app, ["reproduce", str(p)])
+        assert r.exit_code == 0 or (r.exit_code == 1 and "trained together with others in one program" in r.output), r.output
+        r = CliRunner().invoke(app, ["reproduce", str(p), "--atol", "1e-4"])
+        assert r.exit_code == 0 and "MATCH" in r.output, r.output
     r = CliRunner().invoke(app, ["bench", str(path), "--results-dir", str(tmp_path / "one"), "--vmap-samples", "0",
                                  "--vmap-seeds"])
     assert r.exit_code == 2 and "--vmap-samples already groups seeds" in r.output

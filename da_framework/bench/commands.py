@@ -325,6 +325,9 @@ def reproduce(
                       "XLA:CPU rounds differently across CPU models, so bitwise equality is only expected on the same one",
                       markup=False)
     console.print(f"recorded commit {record.get('git_commit')}, rerun wall time {result.wall_time_s:.1f}s")
+    if diffs and str(record.get("runner", "")).startswith("vmap_") and not atol:
+        console.print(f"note: this run was trained together with others in one program ({record['runner']}), which "
+                      "sums in another order than a run alone; compare with a tolerance, e.g. --atol 1e-4", markup=False)
     if diffs:
         console.print(f"[bold red]MISMATCH[/]: {len(diffs)} metric(s) differ" + (f" by more than {atol}" if atol else ""))
         for d in diffs[:20]:
