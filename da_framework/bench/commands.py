@@ -128,7 +128,7 @@ def bench(
                         _fail(f"{label}: {e}", e)
                 accs = ", ".join(f"{r['metrics']['target_test_accuracy']:.3f}" for r in records)
                 progress.done(f"{escape(label)}: target acc {accs}", advance=len(group))
-                for alarm in (f"seed {r['seed']}: {a}" for r in records for a in r.get("alarms", [])):
+                for alarm in (f"{r.get('hparams') or ''} seed {r['seed']}: {a}".lstrip() for r in records for a in r.get("alarms", [])):
                     progress.print(f"[bold red]alarm:[/] {escape(label)}: {escape(alarm)}")
             todo = []
         for run in todo:
