@@ -15,8 +15,8 @@ XLA's grouped convolutions are slow (measured on the 2-core Intel Xeon:
 ``benchmarks/dg_vmap_trials.py``: 3 vmapped MNIST_CNN IRM trials took 218.7 s against
 159.4 s as separate runs), and ``"vmap"`` on accelerators.
 
-Only seeds are batched; loss weights are static in a :class:`Method`, so K loss weights
-need K separate runs (or a sweep grid).  Multi-device meshes and checkpointing are not
+Only seeds are batched here; runs that also differ in learning rate or loss numbers share a
+program through :mod:`da_framework.bench.vmap_samples` (the same loop, :func:`stacked_training`).  Multi-device meshes and checkpointing are not
 supported here (``num_devices`` must be 1, ``checkpoint_every`` 0).  Several sources and
 targets are (the streams are the loop's own).
 """
